@@ -1,0 +1,175 @@
+//! The command line: what users type, as clap definitions, and the dispatch to commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+use crate::error::Error;
+use crate::exit::{EXIT_CODES_HELP, ExitCode};
+use crate::report::Verbosity;
+use crate::store::RunsDir;
+
+/// A resumable batch runner driven by files on disk.
+///
+/// A flow is a TOML file of steps. Every run is a directory of append-only journals; after
+/// any crash, `runner resume` continues from the last completed step.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, after_help = EXIT_CODES_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory that holds the runs and the projection
+    #[arg(long, global = true, env = "RUNNER_RUNS_DIR", default_value = "runs", value_name = "DIR")]
+    pub runs_dir: PathBuf,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and the final result
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (process ids, paths)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+impl Global {
+    pub fn runs(&self) -> RunsDir {
+        RunsDir::new(self.runs_dir.clone())
+    }
+
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (_, true) => Verbosity::Verbose,
+            _ => Verbosity::Normal,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a run of a flow (or continue it, if --run-id names an existing run)
+    Run(RunArgs),
+    /// Continue a run after a failure, a crash or an interruption
+    Resume(ResumeArgs),
+    /// Show runs, or the steps of one run
+    Status(StatusArgs),
+    /// Print the output of a run's steps
+    Logs(LogsArgs),
+    /// Check flow files without running anything
+    Validate(ValidateArgs),
+    /// Check a run's journal: every checksum, the chain, and the snapshot
+    Verify(VerifyArgs),
+    /// Drop the SQLite projection and rebuild it from every run's journal
+    RebuildProjection,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The flow file, e.g. flows/nightly.toml
+    pub flow: PathBuf,
+    /// Set a parameter the flow declares (repeatable); steps see it as $RUNNER_PARAM_<NAME>
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Name the run; if a run with this id exists, it is resumed instead of started again
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// How many steps may run at once (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["run_id", "last"]))]
+pub struct ResumeArgs {
+    /// The run to continue
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Continue the most recently started run (of FLOW, if given)
+    #[arg(long, value_name = "FLOW", num_args = 0..=1, default_missing_value = "")]
+    pub last: Option<String>,
+    /// How many steps may run at once (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show the steps of this run
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// Only this step
+    #[arg(long, value_name = "STEP")]
+    pub step: Option<String>,
+    /// Only this attempt (default: the latest attempt of each step)
+    #[arg(long, value_name = "N", requires = "step")]
+    pub attempt: Option<u32>,
+    /// Only this stream, printed as is without headers
+    #[arg(long, value_parser = ["stdout", "stderr"])]
+    pub stream: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Flow files to check
+    #[arg(required = true)]
+    pub flows: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+}
+
+/// Parses the command line, runs the command and turns the outcome into an exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::Usage.into() } else { ExitCode::Success.into() };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code.into(),
+        Err(e) if e.is_broken_pipe() => ExitCode::Success.into(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code().into()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run(args) => commands::run::run(g, args),
+        Command::Resume(args) => commands::resume::resume(g, args),
+        Command::Status(args) => commands::status::status(g, args),
+        Command::Logs(args) => commands::logs::logs(g, args),
+        Command::Validate(args) => commands::validate::validate(g, args),
+        Command::Verify(args) => commands::verify::verify(g, args),
+        Command::RebuildProjection => commands::rebuild::rebuild(g),
+    }
+}
+
+/// `--jobs`, defaulting to the number of CPUs.
+pub fn jobs(arg: Option<u32>) -> usize {
+    arg.map(|j| j as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}

@@ -1,0 +1,70 @@
+//! `runner logs`: print what steps wrote, from the per-attempt log files.
+
+use std::io::{Read, Write};
+
+use crate::cli::{Global, LogsArgs};
+use crate::error::{Error, io_at};
+use crate::exit::ExitCode;
+use crate::state::{Attempt, StepState};
+use crate::store::{STEPS_DIR, load_run};
+
+pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
+    let dir = g.runs().existing(&args.run_id)?;
+    let state = load_run(&dir, true, u64::MAX)?.state;
+    let steps: Vec<&StepState> = match &args.step {
+        Some(id) => vec![state.step(id).ok_or_else(|| {
+            let known: Vec<&str> = state.steps.iter().map(|s| s.id.as_str()).collect();
+            Error::Usage(format!(
+                "run `{}` has no step `{id}`; its steps are: {}",
+                args.run_id,
+                known.join(", ")
+            ))
+        })?],
+        None => state.steps.iter().collect(),
+    };
+    let streams: Vec<&str> = match &args.stream {
+        Some(s) => vec![s.as_str()],
+        None => vec!["stdout", "stderr"],
+    };
+    let mut out = std::io::stdout().lock();
+    for step in steps {
+        let attempt: Option<&Attempt> = match args.attempt {
+            Some(n) => Some(step.attempts.iter().find(|a| a.attempt == n).ok_or_else(|| {
+                Error::Usage(format!(
+                    "step `{}` has no attempt {n} (it has {})",
+                    step.id,
+                    step.attempts.len()
+                ))
+            })?),
+            None => step.last_attempt(),
+        };
+        let Some(attempt) = attempt else { continue };
+        let adir = dir.join(STEPS_DIR).join(&step.id).join(attempt.attempt.to_string());
+        let mut any = false;
+        for stream in &streams {
+            let mut content = Vec::new();
+            let Ok(mut file) = std::fs::File::open(adir.join(format!("{stream}.log"))) else { continue };
+            file.read_to_end(&mut content).map_err(io_at(adir.join(format!("{stream}.log"))))?;
+            if args.stream.is_some() {
+                out.write_all(&content).map_err(io_at("stdout"))?;
+                continue;
+            }
+            if content.is_empty() {
+                continue;
+            }
+            any = true;
+            writeln!(out, "==> {} (attempt {}) {stream} <==", step.id, attempt.attempt)
+                .map_err(io_at("stdout"))?;
+            out.write_all(&content).map_err(io_at("stdout"))?;
+            if !content.ends_with(b"\n") {
+                writeln!(out).map_err(io_at("stdout"))?;
+            }
+        }
+        if !any && args.stream.is_none() {
+            writeln!(out, "==> {} (attempt {}): no output <==", step.id, attempt.attempt)
+                .map_err(io_at("stdout"))?;
+        }
+    }
+    out.flush().map_err(io_at("stdout"))?;
+    Ok(ExitCode::Success)
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand; each parses nothing and prints what its users need.
+
+pub mod logs;
+pub mod rebuild;
+pub mod resume;
+pub mod run;
+pub mod status;
+pub mod validate;
+pub mod verify;

@@ -1,0 +1,52 @@
+//! `runner resume`: continue a run from its journal.
+
+use crate::cli::{Global, ResumeArgs, jobs};
+use crate::error::Error;
+use crate::exit::ExitCode;
+use crate::session::{Resumed, SessionEnd, SessionOptions, open_existing};
+use crate::state::StepStatus;
+
+pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
+    let runs = g.runs();
+    let id = match (&args.run_id, &args.last) {
+        (Some(id), _) => id.clone(),
+        (None, Some(flow)) => runs.last(Some(flow.as_str()).filter(|f| !f.is_empty()))?,
+        (None, None) => return Err(Error::Usage("give --run-id ID or --last".into())),
+    };
+    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity() };
+    resume_run(g, &id, &opts)
+}
+
+/// Resumes run `id` and drives it to its end. Shared with `runner run --run-id`.
+pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCode, Error> {
+    let runs = g.runs();
+    match open_existing(&runs, id, opts)? {
+        Resumed::Done => {
+            if !g.quiet {
+                eprintln!("run {id} already succeeded; nothing to do");
+            }
+            Ok(ExitCode::Success)
+        }
+        Resumed::Ready(session) => {
+            let s = session.state();
+            if !g.quiet {
+                eprintln!(
+                    "run {id} resumed (session {}): {} of {} steps already succeeded",
+                    s.sessions,
+                    s.count(StepStatus::Succeeded),
+                    s.steps.len()
+                );
+            }
+            Ok(exit_for(session.drive()?))
+        }
+    }
+}
+
+pub fn exit_for(end: SessionEnd) -> ExitCode {
+    match end {
+        SessionEnd::Succeeded => ExitCode::Success,
+        SessionEnd::Failed(_) => ExitCode::Failed,
+        SessionEnd::Interrupted(nix::sys::signal::Signal::SIGINT) => ExitCode::Interrupted,
+        SessionEnd::Interrupted(_) => ExitCode::Terminated,
+    }
+}

@@ -1,0 +1,86 @@
+//! `runner run FLOW`: start a run, or continue the run named by `--run-id` if it exists.
+
+use std::io::Write;
+
+use crate::cli::{Global, RunArgs, jobs};
+use crate::commands::resume::{exit_for, resume_run};
+use crate::error::{Error, io_at};
+use crate::exit::ExitCode;
+use crate::flow::{Flow, FlowError, FlowErrorKind, parse_param_args};
+use crate::session::{SessionOptions, start_new};
+use crate::store::{RunsDir, generate_run_id, read_run_started, validate_run_id};
+
+pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
+    // Everything the user gave is checked before anything is written.
+    let bytes =
+        std::fs::read(&args.flow).map_err(|e| FlowError::whole_file(&args.flow, FlowErrorKind::Read(e)))?;
+    let flow = Flow::from_bytes(&args.flow, &bytes)?;
+    let given = parse_param_args(&args.params)?;
+    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity() };
+    let runs = g.runs();
+    if let Some(id) = &args.run_id {
+        validate_run_id(id)?;
+        if runs.exists(id) {
+            same_run(&runs, id, &flow, &given)?;
+            return resume_run(g, id, &opts);
+        }
+    }
+    let params = flow.resolve_params(&given)?;
+    let workdir = std::env::current_dir().map_err(io_at("."))?;
+    loop {
+        let id = args.run_id.clone().unwrap_or_else(|| generate_run_id(&flow.name));
+        let started =
+            start_new(&runs, flow.clone(), &bytes, &args.flow, params.clone(), id.clone(), &workdir, &opts)?;
+        match started {
+            Some(session) => {
+                // The id alone on stdout, first, so scripts can capture it: ID=$(runner run …)
+                let _ = writeln!(std::io::stdout(), "{id}");
+                if !g.quiet {
+                    eprintln!("run {id} started: {} ({} steps)", args.flow.display(), flow.steps.len());
+                }
+                return Ok(exit_for(session.drive()?));
+            }
+            // Someone else created it between our check and our create: it is theirs to run.
+            None if args.run_id.is_some() => {
+                same_run(&runs, &id, &flow, &given)?;
+                return resume_run(g, &id, &opts);
+            }
+            // A generated id collided; take another.
+            None => continue,
+        }
+    }
+}
+
+/// `runner run FLOW --run-id ID` on an existing run must mean the same run.
+fn same_run(runs: &RunsDir, id: &str, flow: &Flow, given: &[(String, String)]) -> Result<(), Error> {
+    let Some((_, started)) = read_run_started(&runs.run_dir(id)) else {
+        return Ok(()); // resume reports what is wrong with it
+    };
+    if started.flow != flow.name {
+        return Err(Error::Usage(format!(
+            "run `{id}` is a run of flow `{}`, not `{}`; choose another --run-id",
+            started.flow, flow.name
+        )));
+    }
+    for (name, value) in given {
+        if started.params.get(name) != Some(value) {
+            let was = started
+                .params
+                .get(name)
+                .map(|v| format!("{name}={v}"))
+                .unwrap_or_else(|| "no such parameter".into());
+            return Err(Error::Usage(format!(
+                "run `{id}` exists with different parameters (--param {name}={value}, the run has {was}); \
+                 a run's parameters cannot change: choose another --run-id"
+            )));
+        }
+    }
+    if started.flow_hash != flow.hash {
+        eprintln!(
+            "warning: {} changed since run {id} started; the run continues with its own copy ({})",
+            flow.path.display(),
+            runs.run_dir(id).join(crate::store::FLOW_COPY).display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `runner status`: the runs, or one run's steps, from the projection (caught up first).
+
+use std::io::Write;
+
+use rusqlite::{OptionalExtension, Row};
+use serde_json::json;
+
+use crate::cli::{Global, StatusArgs};
+use crate::error::{Error, io_at};
+use crate::exit::ExitCode;
+use crate::projection::{Projection, ProjectionError};
+use crate::report::{elapsed, human, human_ms, local_time, table};
+use crate::store::{RunsDir, is_locked, live_lock_holders};
+
+/// One row of the runs table, plus whether a runner holds the run.
+struct RunRow {
+    run_id: String,
+    flow: String,
+    status: String,
+    started_at: String,
+    finished_at: Option<String>,
+    last_event_at: String,
+    steps_total: i64,
+    steps_succeeded: i64,
+    steps_failed: i64,
+    params: String,
+    sessions: i64,
+    live: bool,
+}
+
+const RUN_COLUMNS: &str = "run_id, flow, status, started_at, finished_at, last_event_at, steps_total, \
+                           steps_succeeded, steps_failed, params, sessions";
+
+impl RunRow {
+    fn from_row(r: &Row) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            run_id: r.get(0)?,
+            flow: r.get(1)?,
+            status: r.get(2)?,
+            started_at: r.get(3)?,
+            finished_at: r.get(4)?,
+            last_event_at: r.get(5)?,
+            steps_total: r.get(6)?,
+            steps_succeeded: r.get(7)?,
+            steps_failed: r.get(8)?,
+            params: r.get(9)?,
+            sessions: r.get(10)?,
+            live: false,
+        })
+    }
+
+    /// The status to show: a "running" run whose runner holds no lock has crashed.
+    fn shown_status(&self) -> &str {
+        if self.status == "running" && !self.live { "crashed" } else { &self.status }
+    }
+
+    fn duration_ms(&self) -> Option<u64> {
+        let end = match (&self.finished_at, self.live) {
+            (Some(f), _) => f.clone(),
+            (None, true) => crate::journal::now_ts(),
+            (None, false) => self.last_event_at.clone(),
+        };
+        elapsed(&self.started_at, &end).map(|d| d.as_millis() as u64)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "run_id": self.run_id,
+            "flow": self.flow,
+            "status": self.shown_status(),
+            "live": self.live,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_ms": self.duration_ms(),
+            "steps_total": self.steps_total,
+            "steps_succeeded": self.steps_succeeded,
+            "steps_failed": self.steps_failed,
+            "sessions": self.sessions,
+            "params": serde_json::from_str::<serde_json::Value>(&self.params).unwrap_or_default(),
+        })
+    }
+}
+
+pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
+    let runs = g.runs();
+    if let Some(id) = &args.run_id {
+        runs.existing(id)?;
+    } else if runs.list()?.is_empty() {
+        let text = if g.json { "[]".to_string() } else { format!("no runs in {}", runs.root().display()) };
+        return print(&text);
+    }
+    let mut projection = Projection::open(&runs)?;
+    match &args.run_id {
+        Some(id) => {
+            projection.sync_run(id)?;
+            run_detail(g, &runs, &projection, id)
+        }
+        None => {
+            projection.catch_up()?;
+            run_list(g, &runs, &projection)
+        }
+    }
+}
+
+fn print(text: &str) -> Result<ExitCode, Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", text.trim_end()).map_err(io_at("stdout"))?;
+    Ok(ExitCode::Success)
+}
+
+fn sql(p: &Projection) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    |source| Error::Projection(ProjectionError::Sqlite { path: p.path().to_path_buf(), source })
+}
+
+fn run_list(g: &Global, runs: &RunsDir, p: &Projection) -> Result<ExitCode, Error> {
+    let holders = live_lock_holders();
+    let mut stmt = p
+        .connection()
+        .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, run_id"))
+        .map_err(sql(p))?;
+    let mut rows: Vec<RunRow> =
+        stmt.query_map([], RunRow::from_row).map_err(sql(p))?.collect::<Result<_, _>>().map_err(sql(p))?;
+    for r in &mut rows {
+        r.live = is_locked(&runs.run_dir(&r.run_id), &holders);
+    }
+    if g.json {
+        let list: Vec<_> = rows.iter().map(RunRow::to_json).collect();
+        return print(&serde_json::Value::Array(list).to_string());
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.run_id.clone(),
+                r.flow.clone(),
+                r.shown_status().to_string(),
+                local_time(&r.started_at),
+                r.duration_ms().map(human_ms).unwrap_or_default(),
+                format!("{}/{}", r.steps_succeeded, r.steps_total),
+            ]
+        })
+        .collect();
+    print(&table(&["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "STEPS"], &cells))
+}
+
+fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<ExitCode, Error> {
+    let conn = p.connection();
+    let mut run = conn
+        .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"), [id], RunRow::from_row)
+        .optional()
+        .map_err(sql(p))?
+        .ok_or_else(|| Error::Usage(format!("run `{id}` is not in the projection")))?;
+    run.live = is_locked(&runs.run_dir(id), &live_lock_holders());
+    let mut stmt = conn
+        .prepare(
+            "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at, reason
+             FROM steps WHERE run_id = ?1 ORDER BY position",
+        )
+        .map_err(sql(p))?;
+    type StepRow = (
+        String,
+        String,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let steps: Vec<StepRow> = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .map_err(sql(p))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(p))?;
+    if g.json {
+        let mut v = run.to_json();
+        v["steps"] = steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "step_id": s.0, "status": s.1, "attempts": s.2, "duration_ms": s.3,
+                    "exit_code": s.4, "message": s.5, "started_at": s.6, "finished_at": s.7, "reason": s.8,
+                })
+            })
+            .collect();
+        return print(&v.to_string());
+    }
+    let mut out = String::new();
+    out.push_str(&format!("run:      {}\n", run.run_id));
+    out.push_str(&format!("flow:     {}\n", run.flow));
+    out.push_str(&format!("status:   {}\n", run.shown_status()));
+    out.push_str(&format!("started:  {}\n", local_time(&run.started_at)));
+    if let Some(ms) = run.duration_ms() {
+        out.push_str(&format!("duration: {}\n", human(std::time::Duration::from_millis(ms))));
+    }
+    if run.params != "{}" {
+        out.push_str(&format!("params:   {}\n", run.params));
+    }
+    out.push('\n');
+    let cells: Vec<Vec<String>> = steps
+        .iter()
+        .map(|s| {
+            let detail = if s.1 == "succeeded" { String::new() } else { s.5.clone().unwrap_or_default() };
+            vec![
+                s.0.clone(),
+                s.1.clone(),
+                s.2.to_string(),
+                s.3.map(|d| human_ms(d as u64)).unwrap_or_default(),
+                s.4.map(|c| c.to_string()).unwrap_or_default(),
+                detail,
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["STEP", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "DETAIL"], &cells));
+    if run.shown_status() != "succeeded" && !run.live {
+        out.push_str(&format!("\ncontinue with: runner resume --run-id {id}\n"));
+    }
+    print(&out)
+}

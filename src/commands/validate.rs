@@ -1,0 +1,34 @@
+//! `runner validate`: parse and check flow files; run nothing.
+
+use serde_json::json;
+
+use crate::cli::{Global, ValidateArgs};
+use crate::error::Error;
+use crate::exit::ExitCode;
+use crate::flow::Flow;
+
+pub fn validate(g: &Global, args: ValidateArgs) -> Result<ExitCode, Error> {
+    let mut failed = false;
+    let mut report = Vec::new();
+    for path in &args.flows {
+        match Flow::load(path) {
+            Ok(flow) => {
+                if !g.json && !g.quiet {
+                    println!("{}: ok ({} steps)", path.display(), flow.steps.len());
+                }
+                report.push(json!({"flow": path, "ok": true, "steps": flow.steps.len()}));
+            }
+            Err(e) => {
+                failed = true;
+                if !g.json {
+                    eprintln!("error: {e}");
+                }
+                report.push(json!({"flow": path, "ok": false, "error": e.to_string()}));
+            }
+        }
+    }
+    if g.json {
+        println!("{}", serde_json::Value::Array(report));
+    }
+    Ok(if failed { ExitCode::Usage } else { ExitCode::Success })
+}

@@ -1,0 +1,490 @@
+//! Flows: the TOML model, strict parsing, validation and parameters.
+
+mod error;
+mod params;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use error::Source;
+pub use error::{FlowError, FlowErrorKind, Pos};
+pub use params::{ParamError, param_env_name, parse_param_args};
+use raw::{RawFlow, RawStep};
+
+/// Grace between SIGTERM and SIGKILL when a step is stopped, unless the step sets `grace`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// First retry delay unless `retries.backoff` says otherwise; it doubles per retry.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// Upper bound for one retry delay, whatever the doubling reaches.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_STEP_ID_LEN: usize = 64;
+
+/// A validated flow.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    /// The file stem, e.g. `nightly` for `flows/nightly.toml`.
+    pub name: String,
+    pub path: PathBuf,
+    pub description: Option<String>,
+    pub params: BTreeMap<String, Param>,
+    pub env: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+    /// blake3 of the file's bytes, so a run can tell whether its copy was edited.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// `None` makes the parameter required.
+    pub default: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub id: String,
+    pub run: String,
+    /// Indices into `Flow::steps`, in the order written.
+    pub needs: Vec<usize>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// Extra attempts after the first failure.
+    pub retries: u32,
+    pub backoff: Duration,
+    pub grace: Duration,
+    pub description: Option<String>,
+}
+
+impl Step {
+    /// Delay before retry number `n` (1-based): `backoff * 2^(n-1)`, capped.
+    pub fn retry_delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(MAX_BACKOFF)
+    }
+}
+
+impl Flow {
+    /// Reads and validates a flow file.
+    pub fn load(path: &Path) -> Result<Flow, FlowError> {
+        let bytes = std::fs::read(path).map_err(|e| FlowError::whole_file(path, FlowErrorKind::Read(e)))?;
+        Flow::from_bytes(path, &bytes)
+    }
+
+    /// Validates flow text; `path` names it in errors and gives the flow its name.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Flow, FlowError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| FlowError::whole_file(path, FlowErrorKind::NotUtf8))?;
+        let src = Source { path, text };
+        let raw: RawFlow = toml::from_str(text).map_err(|e| {
+            let kind = FlowErrorKind::Toml(e.message().to_string());
+            match e.span() {
+                Some(span) => src.error_at(span.start, kind),
+                None => FlowError::whole_file(path, kind),
+            }
+        })?;
+        let flow = build(&src, raw, blake3::hash(bytes).to_hex().to_string())?;
+        Ok(flow)
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
+    let mut params = BTreeMap::new();
+    let mut param_envs: HashMap<String, String> = HashMap::new();
+    for (name, p) in raw.params {
+        let ok = name.get_ref().chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(src.error_at(name.span().start, FlowErrorKind::ParamName(name.into_inner())));
+        }
+        let env = param_env_name(name.get_ref());
+        if let Some(first) = param_envs.insert(env.clone(), name.get_ref().clone()) {
+            return Err(src.error_at(
+                name.span().start,
+                FlowErrorKind::ParamClash { first, second: name.into_inner(), env },
+            ));
+        }
+        params
+            .insert(name.into_inner(), Param { default: p.default.map(|s| s.0), description: p.description });
+    }
+
+    let env = env_table(src, raw.env)?;
+
+    if raw.steps.is_empty() {
+        return Err(FlowError::whole_file(src.path, FlowErrorKind::NoSteps));
+    }
+    let mut index: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, step) in raw.steps.iter().enumerate() {
+        let id = step.get_ref().id.get_ref();
+        let at = step.get_ref().id.span().start;
+        if !valid_step_id(id) {
+            return Err(src.error_at(at, FlowErrorKind::StepId(id.clone())));
+        }
+        if let Some(&(_, first_at)) = index.get(id) {
+            let first_line = src.pos(first_at).line;
+            return Err(src.error_at(at, FlowErrorKind::DuplicateStep { id: id.clone(), first_line }));
+        }
+        index.insert(id.clone(), (i, at));
+    }
+
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    let mut need_spans = Vec::with_capacity(raw.steps.len());
+    for (i, step) in raw.steps.into_iter().enumerate() {
+        let (step, spans) = build_step(src, i, step.into_inner(), &index)?;
+        steps.push(step);
+        need_spans.push(spans);
+    }
+    if let Some(cycle) = find_cycle(&steps) {
+        // Point at the `needs` entry of the first step that closes the loop.
+        let (first, closing) = (cycle[0], cycle[cycle.len() - 2]);
+        let at = need_spans[first].iter().find(|(target, _)| *target == closing).map_or(0, |(_, at)| *at);
+        let names = cycle.iter().map(|&i| steps[i].id.clone()).collect();
+        return Err(src.error_at(at, FlowErrorKind::Cycle(names)));
+    }
+
+    Ok(Flow {
+        name: src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "flow".into()),
+        path: src.path.to_path_buf(),
+        description: raw.description,
+        params,
+        env,
+        steps,
+        hash,
+    })
+}
+
+type NeedSpans = Vec<(usize, usize)>;
+
+fn build_step(
+    src: &Source,
+    i: usize,
+    raw: RawStep,
+    index: &HashMap<String, (usize, usize)>,
+) -> Result<(Step, NeedSpans), FlowError> {
+    let id = raw.id.into_inner();
+    if raw.run.get_ref().trim().is_empty() {
+        return Err(src.error_at(raw.run.span().start, FlowErrorKind::EmptyRun(id)));
+    }
+    let mut needs = Vec::new();
+    let mut spans = Vec::new();
+    match raw.needs {
+        // A plain list of steps is a sequence, like a shell script.
+        None => {
+            if i > 0 {
+                needs.push(i - 1);
+            }
+        }
+        Some(list) => {
+            for need in list {
+                let Some(&(target, _)) = index.get(need.get_ref()) else {
+                    let hint = closest(need.get_ref(), index.keys())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(src.error_at(
+                        need.span().start,
+                        FlowErrorKind::UnknownNeed { step: id, need: need.into_inner(), hint },
+                    ));
+                };
+                if !needs.contains(&target) {
+                    needs.push(target);
+                    spans.push((target, need.span().start));
+                }
+            }
+        }
+    }
+    let timeout = match raw.timeout {
+        Some(t) => Some(duration(src, "timeout", &t, false)?),
+        None => None,
+    };
+    let grace = match raw.grace {
+        Some(g) => duration(src, "grace", &g, true)?,
+        None => DEFAULT_GRACE,
+    };
+    let (retries, backoff) = match raw.retries {
+        None => (0, DEFAULT_BACKOFF),
+        Some(r) => {
+            let backoff = match &r.backoff {
+                Some(b) => duration(src, "retries.backoff", b, true)?,
+                None => DEFAULT_BACKOFF,
+            };
+            (r.attempts, backoff)
+        }
+    };
+    let step = Step {
+        id,
+        run: raw.run.into_inner(),
+        needs,
+        env: env_table(src, raw.env)?,
+        timeout,
+        retries,
+        backoff,
+        grace,
+        description: raw.description,
+    };
+    Ok((step, spans))
+}
+
+fn env_table(
+    src: &Source,
+    raw: BTreeMap<Spanned<String>, raw::Scalar>,
+) -> Result<BTreeMap<String, String>, FlowError> {
+    let mut env = BTreeMap::new();
+    for (key, value) in raw {
+        let name = key.get_ref();
+        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(src.error_at(key.span().start, FlowErrorKind::EnvName(name.clone())));
+        }
+        if name.starts_with("RUNNER_") {
+            return Err(src.error_at(key.span().start, FlowErrorKind::ReservedEnv(name.clone())));
+        }
+        env.insert(key.into_inner(), value.0);
+    }
+    Ok(env)
+}
+
+fn duration(
+    src: &Source,
+    field: &str,
+    value: &Spanned<String>,
+    zero_ok: bool,
+) -> Result<Duration, FlowError> {
+    let text = value.get_ref();
+    let err = |reason: String| {
+        src.error_at(
+            value.span().start,
+            FlowErrorKind::Duration { field: field.into(), value: text.clone(), reason },
+        )
+    };
+    let parsed: jiff::SignedDuration = text.trim().parse().map_err(|e: jiff::Error| {
+        // jiff's messages are precise but long; keep the part after the format name.
+        let msg = e.to_string();
+        let short = msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest);
+        err(short.to_string())
+    })?;
+    if parsed.is_negative() {
+        return Err(err("it is negative".into()));
+    }
+    let d = Duration::try_from(parsed).map_err(|e| err(e.to_string()))?;
+    if d.is_zero() && !zero_ok {
+        return Err(err("it must be longer than zero".into()));
+    }
+    Ok(d)
+}
+
+pub fn valid_step_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_STEP_ID_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Returns the steps on one cycle, in dependency order, if the graph has any.
+fn find_cycle(steps: &[Step]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; steps.len()];
+    for root in 0..steps.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // Iterative DFS; `path` holds the open nodes, each with the next need to visit.
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = Mark::Open;
+        while let Some(&mut (node, ref mut next)) = path.last_mut() {
+            if let Some(&dep) = steps[node].needs.get(*next) {
+                *next += 1;
+                match mark[dep] {
+                    Mark::New => {
+                        mark[dep] = Mark::Open;
+                        path.push((dep, 0));
+                    }
+                    Mark::Open => {
+                        // The cycle is the open path from `dep` to `node`; `needs` point
+                        // backwards, so reverse it to read in execution order.
+                        let start = path.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                        let mut cycle: Vec<usize> = path[start..].iter().map(|&(n, _)| n).collect();
+                        cycle.reverse();
+                        // Start at the step written first, so the message reads like the file.
+                        let first = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+                        cycle.rotate_left(first);
+                        cycle.push(cycle[0]);
+                        return Some(cycle);
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[node] = Mark::Done;
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+/// The known name closest to `name`, when one is close enough to be a likely typo.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    known.map(|k| (edit_distance(name, k), k)).filter(|(d, k)| *d <= 2.max(k.len() / 4)).min().map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Flow, FlowError> {
+        Flow::from_bytes(Path::new("t.toml"), text.as_bytes())
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("flow should be rejected").to_string()
+    }
+
+    #[test]
+    fn steps_without_needs_form_a_sequence() {
+        let f = parse(
+            "[[steps]]\nid='a'\nrun='true'\n[[steps]]\nid='b'\nrun='true'\n[[steps]]\nid='c'\nrun='true'\nneeds=[]\n",
+        )
+        .expect("valid");
+        assert_eq!(f.steps[0].needs, Vec::<usize>::new());
+        assert_eq!(f.steps[1].needs, vec![0]);
+        assert_eq!(f.steps[2].needs, Vec::<usize>::new());
+        assert_eq!(f.name, "t");
+    }
+
+    #[test]
+    fn full_schema_parses() {
+        let f = parse(
+            r#"
+description = "d"
+[params]
+name = { default = "world", description = "who" }
+day = {}
+[env]
+KEY = "v"
+N = 3
+[[steps]]
+id = "fetch"
+run = "echo hi"
+timeout = "1h 30m"
+retries = { attempts = 2, backoff = "5s" }
+grace = "0s"
+env = { K = "v" }
+description = "x"
+[[steps]]
+id = "build"
+run = "make"
+needs = ["fetch"]
+retries = 3
+"#,
+        )
+        .expect("valid");
+        assert_eq!(f.params["name"].default.as_deref(), Some("world"));
+        assert_eq!(f.params["day"].default, None);
+        assert_eq!(f.env["N"], "3");
+        let s = &f.steps[0];
+        assert_eq!(s.timeout, Some(Duration::from_secs(5400)));
+        assert_eq!((s.retries, s.backoff, s.grace), (2, Duration::from_secs(5), Duration::ZERO));
+        assert_eq!(f.steps[1].retries, 3);
+        assert_eq!(f.steps[1].backoff, DEFAULT_BACKOFF);
+    }
+
+    #[test]
+    fn retry_delay_doubles_and_is_capped() {
+        let mut f =
+            parse("[[steps]]\nid='a'\nrun='x'\nretries={attempts=40, backoff='2s'}\n").expect("valid");
+        let s = f.steps.remove(0);
+        assert_eq!(s.retry_delay(1), Duration::from_secs(2));
+        assert_eq!(s.retry_delay(3), Duration::from_secs(8));
+        assert_eq!(s.retry_delay(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_position() {
+        let e = err("[[steps]]\nid = 'a'\nrun = 'x'\ntimeotu = '1s'\n");
+        assert!(e.starts_with("t.toml:4:1: unknown field `timeotu`"), "{e}");
+        let e = err("[[steps]]\nid='a'\nrun='x'\nretries={ attempts=1, max=2 }\n");
+        assert!(e.contains("unknown field `max`"), "{e}");
+        let e = err("colour = 1\n[[steps]]\nid='a'\nrun='x'\n");
+        assert!(e.starts_with("t.toml:1:1: unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = err("[[steps]]\nid = 'a\n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn bad_ids_duplicates_and_unknown_needs() {
+        assert!(err("[[steps]]\nid='a b'\nrun='x'\n").starts_with("t.toml:2:4: invalid step id `a b`"));
+        assert!(err("[[steps]]\nid='../x'\nrun='x'\n").contains("invalid step id"));
+        let e = err("[[steps]]\nid='a'\nrun='x'\n[[steps]]\nid='a'\nrun='y'\n");
+        assert!(e.starts_with("t.toml:5:4: duplicate step id `a` (first defined on line 2)"), "{e}");
+        let e = err("[[steps]]\nid='build'\nrun='x'\n[[steps]]\nid='b'\nrun='y'\nneeds=['biuld']\n");
+        assert!(
+            e.starts_with("t.toml:7:8: step `b` needs unknown step `biuld` (did you mean `build`?)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cycles_name_their_steps() {
+        let e = err(
+            "[[steps]]\nid='a'\nrun='x'\nneeds=['c']\n[[steps]]\nid='b'\nrun='x'\nneeds=['a']\n[[steps]]\nid='c'\nrun='x'\nneeds=['b']\n",
+        );
+        assert!(e.contains("dependency cycle: a -> b -> c -> a"), "{e}");
+        assert!(e.starts_with("t.toml:4:8:"), "{e}");
+        let e = err("[[steps]]\nid='a'\nrun='x'\nneeds=['a']\n");
+        assert!(e.contains("dependency cycle: a -> a"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_and_values() {
+        let e = err("[[steps]]\nid='a'\nrun='x'\ntimeout='10 parsecs'\n");
+        assert!(e.starts_with("t.toml:4:9: `timeout` = \"10 parsecs\" is not a valid duration"), "{e}");
+        assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='-1s'\n").contains("negative"));
+        assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='0s'\n").contains("longer than zero"));
+        assert!(err("[[steps]]\nid='a'\nrun='x'\nretries=-1\n").contains("extra attempts"));
+        assert!(err("[[steps]]\nid='a'\nrun='   '\n").contains("empty `run`"));
+        assert!(
+            err("[env]\n'A B'='x'\n[[steps]]\nid='a'\nrun='x'\n")
+                .contains("invalid environment variable name")
+        );
+        assert!(err("[env]\nRUNNER_RUN_ID='x'\n[[steps]]\nid='a'\nrun='x'\n").contains("set by the runner"));
+        assert!(err("description='x'\n").contains("no steps"));
+        assert!(err("[[steps]]\nid='a'\n").contains("missing field `run`"));
+    }
+
+    #[test]
+    fn parameter_names_must_not_collide() {
+        let e = err("[params]\na-b={}\na_b={}\n[[steps]]\nid='a'\nrun='x'\n");
+        assert!(e.contains("would both be passed as $RUNNER_PARAM_A_B"), "{e}");
+        assert!(err("[params]\n'1x'={}\n[[steps]]\nid='a'\nrun='x'\n").contains("invalid parameter name"));
+    }
+}

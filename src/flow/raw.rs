@@ -1,0 +1,127 @@
+//! The flow file exactly as TOML gives it, before validation.
+//!
+//! Every struct denies unknown fields, and values that later checks must point at are
+//! `Spanned` so an error can name the line and column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlow {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<Spanned<String>, RawParam>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Scalar>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParam {
+    pub default: Option<Scalar>,
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub id: Spanned<String>,
+    pub run: Spanned<String>,
+    pub needs: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Scalar>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<RawRetries>,
+    pub grace: Option<Spanned<String>>,
+    pub description: Option<String>,
+}
+
+/// `retries = 2` or `retries = { attempts = 2, backoff = "5s" }`.
+pub struct RawRetries {
+    pub attempts: u32,
+    pub backoff: Option<Spanned<String>>,
+}
+
+/// Retries beyond this are almost certainly a typo, and would make backoff absurd.
+pub const MAX_RETRIES: u32 = 100;
+
+impl<'de> Deserialize<'de> for RawRetries {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Clone, Copy)]
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRetries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a number of extra attempts (0 to {MAX_RETRIES}) or a table {{ attempts = N, backoff = \"1s\" }}"
+                )
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawRetries, E> {
+                let attempts = u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= MAX_RETRIES)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Signed(n), &self))?;
+                Ok(RawRetries { attempts, backoff: None })
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawRetries, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRetries, A::Error> {
+                let mut attempts = None;
+                let mut backoff = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "attempts" => {
+                            let n: i64 = map.next_value()?;
+                            attempts = Some(self.visit_i64::<A::Error>(n)?.attempts);
+                        }
+                        "backoff" => backoff = Some(map.next_value()?),
+                        other => return Err(de::Error::unknown_field(other, &["attempts", "backoff"])),
+                    }
+                }
+                let attempts = attempts.ok_or_else(|| de::Error::missing_field("attempts"))?;
+                Ok(RawRetries { attempts, backoff })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string, number or boolean; environment values and defaults are all text in the end.
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
+                Ok(Scalar(s.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar(b.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,244 @@
+//! The event vocabulary: everything that can happen to a run, as facts in the past tense.
+//!
+//! The state fold, the projection and the console all consume these same events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Declares the `Event` enum once, with the name each variant has on disk.
+macro_rules! events {
+    ($($(#[$doc:meta])* $name:ident($data:ty)),* $(,)?) => {
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Event {
+            $($(#[$doc])* $name($data)),*
+        }
+
+        impl Event {
+            /// The `type` written in the journal line.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Event::$name(_) => stringify!($name)),*
+                }
+            }
+
+            /// The `data` object, serialised the same way on every path (live, resume, rebuild).
+            pub fn data_json(&self) -> String {
+                let result = match self {
+                    $(Event::$name(d) => serde_json::to_string(d)),*
+                };
+                // Event data is plain structs, maps with string keys and numbers: infallible.
+                result.unwrap_or_else(|e| unreachable!("event data serialises: {e}"))
+            }
+
+            /// Rebuilds an event from its `type` and `data` as read from the journal.
+            pub fn from_parts(kind: &str, data: &str) -> Result<Event, String> {
+                match kind {
+                    $(stringify!($name) => serde_json::from_str(data)
+                        .map(Event::$name)
+                        .map_err(|e| format!("bad data for {kind}: {e}")),)*
+                    other => Err(format!("unknown event type `{other}`")),
+                }
+            }
+        }
+    };
+}
+
+events! {
+    /// The first event of every run.
+    RunStarted(RunStarted),
+    /// A new runner process took the run over after a stop or crash.
+    RunResumed(RunResumed),
+    /// A torn tail was cut from the journal on resume and kept aside.
+    JournalRepaired(JournalRepaired),
+    StepStarted(StepStarted),
+    StepSucceeded(StepSucceeded),
+    StepFailed(StepFailed),
+    /// The attempt was stopped by a signal to the runner, or the runner died during it.
+    StepInterrupted(StepInterrupted),
+    RunInterrupted(RunInterrupted),
+    RunFinished(RunFinished),
+}
+
+impl Event {
+    /// The step an event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Event::StepStarted(e) => Some(&e.step),
+            Event::StepSucceeded(e) => Some(&e.step),
+            Event::StepFailed(e) => Some(&e.step),
+            Event::StepInterrupted(e) => Some(&e.step),
+            _ => None,
+        }
+    }
+}
+
+/// Who is driving the run: one per runner process that starts or resumes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    pub pid: u32,
+    pub host: String,
+    /// Linux boot id: a process id recorded under another boot cannot be alive now.
+    pub boot_id: String,
+    pub jobs: usize,
+    pub runner_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunStarted {
+    pub run_id: String,
+    /// Flow name (file stem).
+    pub flow: String,
+    /// The flow file as given on the command line.
+    pub flow_path: String,
+    /// blake3 of the flow file; `flow.toml` in the run directory must still match it.
+    pub flow_hash: String,
+    pub params: BTreeMap<String, String>,
+    /// Directory the steps run in (where `runner run` was started).
+    pub workdir: String,
+    /// Step ids in flow order.
+    pub steps: Vec<String>,
+    pub journal_format: u32,
+    pub session: Session,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunResumed {
+    pub session: Session,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalRepaired {
+    /// Bytes cut from the end of the journal.
+    pub dropped_bytes: u64,
+    /// File (in the run directory) where the cut bytes were kept.
+    pub kept_in: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepStarted {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    /// Process id of the attempt's shell; it leads its own process group (pgid = pid).
+    pub pid: i32,
+    /// Start time of that process in clock ticks since boot, to tell it from a reused pid.
+    pub proc_start: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSucceeded {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub duration_ms: u64,
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// The command exited with a non-zero code.
+    Exit,
+    /// The command was killed by a signal nobody in the runner sent.
+    Signal,
+    /// The step ran past its `timeout` and was stopped.
+    Timeout,
+    /// The command could not be started at all.
+    Spawn,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepFailed {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub reason: FailReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub message: String,
+    pub duration_ms: u64,
+    /// Present when another attempt follows after this delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+/// Why an attempt stopped without a result of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptReason {
+    /// The runner got SIGINT/SIGTERM and stopped the step.
+    Signal,
+    /// The runner died while the step ran; noticed by the next resume.
+    RunnerDied,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepInterrupted {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub reason: InterruptReason,
+    /// For `runner_died`: whether processes of the attempt were still alive and were stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftover_stopped: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInterrupted {
+    pub signal: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFinished {
+    pub outcome: RunOutcome,
+    /// Steps that failed for good, in flow order.
+    pub failed_steps: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_type_and_data() {
+        let e = Event::StepFailed(StepFailed {
+            step: "a".into(),
+            visit: 1,
+            attempt: 2,
+            reason: FailReason::Timeout,
+            exit_code: None,
+            signal: Some("SIGTERM".into()),
+            message: "timed out after 1s".into(),
+            duration_ms: 1000,
+            retry_in_ms: Some(2000),
+        });
+        assert_eq!(e.kind(), "StepFailed");
+        let back = Event::from_parts(e.kind(), &e.data_json()).expect("parses");
+        assert_eq!(back, e);
+        assert!(Event::from_parts("Nope", "{}").is_err());
+        assert!(Event::from_parts("StepSucceeded", "{\"step\":1}").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! `runs/projection.sqlite`: a queryable fold of every run's journal.
+//!
+//! It is derived data. Each run row records the last journal event applied and the
+//! journal length it covers, so any reader can tell when a run is behind (its runner died
+//! between the journal write and the projection update) and catch it up from the journal.
+//! Writers serialise on SQLite's write lock (WAL mode, busy timeout), and every update
+//! checks `last_seq` inside its transaction, so several runners, `status` and a rebuild
+//! can all write at once without applying an event twice.
+
+mod rebuild;
+mod rows;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+pub use rebuild::{RebuildStats, rebuild};
+pub use rows::{CANONICAL_ORDER, SCHEMA_VERSION};
+
+use crate::journal::{JOURNAL_FILE, Record};
+use crate::state::RunState;
+use crate::store::{LoadError, RunsDir, StoreError, load_run};
+
+pub const PROJECTION_FILE: &str = "projection.sqlite";
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An open projection database.
+pub struct Projection {
+    conn: Connection,
+    path: PathBuf,
+    runs: RunsDir,
+    /// Inode of the file when opened: if someone deletes or rebuilds it away, reopen.
+    ino: u64,
+}
+
+/// What a catch-up did.
+#[derive(Debug, Default, PartialEq)]
+pub struct CatchUp {
+    pub synced: usize,
+    pub removed: usize,
+}
+
+impl Projection {
+    /// Opens (creating if needed) the projection in the runs directory. An older schema
+    /// is rebuilt from the journals.
+    pub fn open(runs: &RunsDir) -> Result<Projection, ProjectionError> {
+        let path = runs.root().join(PROJECTION_FILE);
+        if !path.exists() {
+            // A WAL left from a deleted database would be replayed into the new one.
+            for suffix in ["-wal", "-shm"] {
+                let side = PathBuf::from(format!("{}{suffix}", path.display()));
+                if side.exists() && !path.exists() {
+                    let _ = std::fs::remove_file(side);
+                }
+            }
+        }
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        // Derived data: a power loss may drop the last commits, which a catch-up redoes.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        let mut p = Projection { conn, path, runs: runs.clone(), ino };
+        p.ensure_schema()?;
+        Ok(p)
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> ProjectionError {
+        ProjectionError::Sqlite { path: self.path.clone(), source }
+    }
+
+    fn ensure_schema(&mut self) -> Result<(), ProjectionError> {
+        let version: i64 =
+            self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| self.sql(e))?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| ProjectionError::Sqlite { path: self.path.clone(), source: e })?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| ProjectionError::Sqlite { path: self.path.clone(), source: e })?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        drop(tx);
+        // New file or another schema: (re)build from the journals, in one transaction.
+        rebuild::rebuild_into(&mut self.conn, &self.runs, None).map(|_| ()).map_err(|e| match e {
+            ProjectionError::Sqlite { source, .. } => self.sql(source),
+            other => other,
+        })
+    }
+
+    /// Reopens if the file was deleted or replaced since it was opened.
+    fn reopen_if_replaced(&mut self) -> Result<(), ProjectionError> {
+        let current = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
+        if current != Some(self.ino) {
+            *self = Projection::open(&self.runs)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a committed batch of a live run. `state` is the fold after the batch and
+    /// `journal_bytes` the journal length after it.
+    pub fn apply(
+        &mut self,
+        state: &RunState,
+        records: &[Record],
+        journal_bytes: u64,
+    ) -> Result<(), ProjectionError> {
+        let Some(first) = records.first() else { return Ok(()) };
+        self.reopen_if_replaced()?;
+        let path = self.path.clone();
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let applied = applied_seq(&tx, &state.run_id).map_err(sql)?;
+        if applied + 1 < first.seq {
+            // Behind (an update was missed): bring the whole run up from its journal.
+            drop(tx);
+            return self.sync_run(&state.run_id).map(|_| ());
+        }
+        let fresh: Vec<&Record> = records.iter().filter(|r| r.seq > applied).collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let fresh_owned: Vec<Record> = fresh.iter().map(|r| (*r).clone()).collect();
+        rows::insert_events(&tx, &state.run_id, &fresh_owned).map_err(sql)?;
+        // Events about one step change that step's rows; run-level events may change all.
+        let touched: HashSet<usize> = if fresh.iter().all(|r| r.event.step().is_some()) {
+            fresh.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
+        } else {
+            (0..state.steps.len()).collect()
+        };
+        let mut touched: Vec<usize> = touched.into_iter().collect();
+        touched.sort_unstable();
+        rows::upsert_steps(&tx, state, touched.into_iter()).map_err(sql)?;
+        rows::upsert_run(&tx, state, journal_bytes).map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// Brings one run's rows up to date with its journal. Returns whether anything changed.
+    pub fn sync_run(&mut self, run_id: &str) -> Result<bool, ProjectionError> {
+        let dir = self.runs.run_dir(run_id);
+        let path = self.path.clone();
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let applied = applied_seq(&self.conn, run_id).map_err(sql)?;
+        let loaded = load_run(&dir, true, applied)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let applied_now = applied_seq(&tx, run_id).map_err(sql)?;
+        if applied_now == loaded.last_seq {
+            return Ok(false);
+        }
+        if applied_now > loaded.last_seq || applied_now < applied {
+            // The rows describe another history than this journal: replace them all.
+            drop(tx);
+            let full = load_run(&dir, false, 0)?;
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            rows::delete_run(&tx, run_id).map_err(sql)?;
+            rows::write_run(&tx, &full.state, &full.records, full.valid_len).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            return Ok(true);
+        }
+        let fresh: Vec<Record> = loaded.records.into_iter().filter(|r| r.seq > applied_now).collect();
+        rows::write_run(&tx, &loaded.state, &fresh, loaded.valid_len).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(true)
+    }
+
+    /// Catches every run up with its journal and drops rows of runs that no longer exist.
+    /// A run is checked by comparing its journal's size with the length its rows cover.
+    pub fn catch_up(&mut self) -> Result<CatchUp, ProjectionError> {
+        self.reopen_if_replaced()?;
+        let known: HashMap<String, u64> = {
+            let mut stmt =
+                self.conn.prepare("SELECT run_id, journal_bytes FROM runs").map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        let ids = self.runs.list()?;
+        let mut result = CatchUp::default();
+        for id in &ids {
+            let size = std::fs::metadata(self.runs.run_dir(id).join(JOURNAL_FILE)).map(|m| m.len()).ok();
+            if size.is_some() && known.get(id) != size.as_ref() && self.sync_run(id)? {
+                result.synced += 1;
+            }
+        }
+        let present: HashSet<&String> = ids.iter().collect();
+        for gone in known.keys().filter(|k| !present.contains(k)) {
+            rows::delete_run(&self.conn, gone).map_err(|e| self.sql(e))?;
+            result.removed += 1;
+        }
+        Ok(result)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every table in canonical order, one line per row: equal dumps mean equal projections.
+    pub fn canonical_dump(&self) -> Result<String, ProjectionError> {
+        canonical_dump(&self.conn).map_err(|e| self.sql(e))
+    }
+}
+
+fn applied_seq(conn: &Connection, run_id: &str) -> rusqlite::Result<u64> {
+    let seq: Option<i64> =
+        conn.query_row("SELECT last_seq FROM runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+fn canonical_dump(conn: &Connection) -> rusqlite::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (table, order) in CANONICAL_ORDER {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+        let cols = stmt.column_count();
+        let _ = writeln!(out, "## {table}");
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut fields = Vec::with_capacity(cols);
+            for i in 0..cols {
+                let v: rusqlite::types::Value = row.get(i)?;
+                fields.push(format!("{v:?}"));
+            }
+            let _ = writeln!(out, "{}", fields.join("\t"));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,210 @@
+//! Rows derived from a run's folded state. The projection never interprets events itself:
+//! it mirrors `RunState`, so a live update and a rebuild produce the same rows.
+
+use rusqlite::{Connection, params};
+
+use crate::journal::Record;
+use crate::state::{RunState, StepStatus};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub const TABLES: &str = "
+CREATE TABLE runs (
+    run_id          TEXT PRIMARY KEY,
+    flow            TEXT NOT NULL,
+    flow_path       TEXT NOT NULL,
+    flow_hash       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    started_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    params          TEXT NOT NULL,
+    workdir         TEXT NOT NULL,
+    steps_total     INTEGER NOT NULL,
+    steps_succeeded INTEGER NOT NULL,
+    steps_failed    INTEGER NOT NULL,
+    sessions        INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    last_event_at   TEXT NOT NULL,
+    journal_bytes   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE steps (
+    run_id      TEXT NOT NULL,
+    step_id     TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    duration_ms INTEGER,
+    reason      TEXT,
+    message     TEXT,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+CREATE TABLE attempts (
+    run_id      TEXT NOT NULL,
+    step_id     TEXT NOT NULL,
+    visit       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    exit_code   INTEGER,
+    signal      TEXT,
+    reason      TEXT,
+    message     TEXT,
+    pid         INTEGER,
+    started_at  TEXT,
+    finished_at TEXT,
+    duration_ms INTEGER,
+    PRIMARY KEY (run_id, step_id, visit, attempt)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    run_id  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    ts      TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    step_id TEXT,
+    data    TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+";
+
+/// Secondary indexes, created after a bulk load.
+pub const INDEXES: &str = "
+CREATE INDEX runs_by_start ON runs (started_at, run_id);
+CREATE INDEX runs_by_flow ON runs (flow, started_at);
+CREATE INDEX events_by_type ON events (type, ts);
+CREATE INDEX attempts_by_status ON attempts (status);
+";
+
+pub const DROP: &str = "
+DROP TABLE IF EXISTS events;
+DROP TABLE IF EXISTS attempts;
+DROP TABLE IF EXISTS steps;
+DROP TABLE IF EXISTS runs;
+";
+
+/// Every table with the order that makes its dump canonical.
+pub const CANONICAL_ORDER: &[(&str, &str)] = &[
+    ("runs", "run_id"),
+    ("steps", "run_id, step_id"),
+    ("attempts", "run_id, step_id, visit, attempt"),
+    ("events", "run_id, seq"),
+];
+
+pub fn insert_events(conn: &Connection, run_id: &str, records: &[Record]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (run_id, seq, ts, type, step_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for r in records {
+        stmt.execute(params![
+            run_id,
+            r.seq as i64,
+            r.ts,
+            r.event.kind(),
+            r.event.step(),
+            r.event.data_json()
+        ])?;
+    }
+    Ok(())
+}
+
+pub fn upsert_run(conn: &Connection, s: &RunState, journal_bytes: u64) -> rusqlite::Result<()> {
+    let params_json = serde_json::to_string(&s.params).unwrap_or_else(|_| "{}".into());
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO runs (run_id, flow, flow_path, flow_hash, status, started_at,
+            finished_at, params, workdir, steps_total, steps_succeeded, steps_failed, sessions,
+            last_seq, last_event_at, journal_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        s.run_id,
+        s.flow,
+        s.flow_path,
+        s.flow_hash,
+        s.status.as_str(),
+        s.started_at,
+        s.finished_at,
+        params_json,
+        s.workdir,
+        s.steps.len() as i64,
+        s.count(StepStatus::Succeeded) as i64,
+        s.count(StepStatus::Failed) as i64,
+        s.sessions,
+        s.seq as i64,
+        s.last_ts,
+        journal_bytes as i64,
+    ])?;
+    Ok(())
+}
+
+/// Writes the rows of the steps at `positions` (and their attempts).
+pub fn upsert_steps(
+    conn: &Connection,
+    s: &RunState,
+    positions: impl Iterator<Item = usize>,
+) -> rusqlite::Result<()> {
+    let mut step_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO steps (run_id, step_id, position, status, attempts, started_at,
+            finished_at, exit_code, duration_ms, reason, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut attempt_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (run_id, step_id, visit, attempt, status, exit_code,
+            signal, reason, message, pid, started_at, finished_at, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for pos in positions {
+        let step = &s.steps[pos];
+        let last = step.last_attempt();
+        step_stmt.execute(params![
+            s.run_id,
+            step.id,
+            pos as i64,
+            step.status.as_str(),
+            step.attempts.len() as i64,
+            step.attempts.first().and_then(|a| a.started_at.as_deref()),
+            last.and_then(|a| a.finished_at.as_deref()),
+            last.and_then(|a| a.exit_code),
+            last.and_then(|a| a.duration_ms).map(|d| d as i64),
+            last.and_then(|a| a.reason.as_deref()),
+            last.and_then(|a| a.message.as_deref()),
+        ])?;
+        for a in &step.attempts {
+            attempt_stmt.execute(params![
+                s.run_id,
+                step.id,
+                a.visit,
+                a.attempt,
+                a.status.as_str(),
+                a.exit_code,
+                a.signal,
+                a.reason,
+                a.message,
+                a.pid,
+                a.started_at,
+                a.finished_at,
+                a.duration_ms.map(|d| d as i64),
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
+    for table in ["events", "attempts", "steps", "runs"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
+    }
+    Ok(())
+}
+
+/// Writes a whole run: its events, and every row derived from its state.
+pub fn write_run(
+    conn: &Connection,
+    state: &RunState,
+    records: &[Record],
+    journal_bytes: u64,
+) -> rusqlite::Result<()> {
+    insert_events(conn, &state.run_id, records)?;
+    upsert_steps(conn, state, 0..state.steps.len())?;
+    upsert_run(conn, state, journal_bytes)
+}

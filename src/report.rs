@@ -1,0 +1,214 @@
+//! What people see while a run goes: one line per durable event, on stderr.
+//!
+//! Lines are printed only after the event is in the journal, so the console never claims
+//! more than a crash would leave behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::journal::{Event, Record, RunOutcome};
+use crate::state::RunState;
+use crate::store::STEPS_DIR;
+
+/// Lines of a failed step's log shown under the failure.
+const TAIL_LINES: usize = 10;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    #[default]
+    Normal,
+    Verbose,
+}
+
+pub struct Reporter {
+    verbosity: Verbosity,
+    run_dir: PathBuf,
+}
+
+impl Reporter {
+    pub fn new(verbosity: Verbosity, run_dir: &Path) -> Reporter {
+        Reporter { verbosity, run_dir: run_dir.to_path_buf() }
+    }
+
+    fn line(&self, text: &str) {
+        let now = jiff::Zoned::now();
+        let _ = writeln!(std::io::stderr().lock(), "{} {text}", now.strftime("%H:%M:%S"));
+    }
+
+    pub fn info(&self, text: &str) {
+        if self.verbosity != Verbosity::Quiet {
+            self.line(text);
+        }
+    }
+
+    pub fn warn(&self, text: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "warning: {text}");
+    }
+
+    /// Reports an event that is now durable. `state` is the fold including it.
+    pub fn event(&self, record: &Record, state: &RunState) {
+        let quiet = self.verbosity == Verbosity::Quiet;
+        match &record.event {
+            Event::StepStarted(e) if !quiet => {
+                let mut text = format!("{}: started", e.step);
+                if e.attempt > 1 {
+                    text.push_str(&format!(" (attempt {})", e.attempt));
+                }
+                if self.verbosity == Verbosity::Verbose {
+                    text.push_str(&format!(" [pid {}]", e.pid));
+                }
+                self.line(&text);
+            }
+            Event::StepSucceeded(e) if !quiet => {
+                self.line(&format!("{}: succeeded in {}", e.step, human_ms(e.duration_ms)));
+            }
+            Event::StepFailed(e) => {
+                let mut text = format!("{}: failed: {} after {}", e.step, e.message, human_ms(e.duration_ms));
+                if let Some(ms) = e.retry_in_ms {
+                    text.push_str(&format!("; retrying in {}", human_ms(ms)));
+                }
+                if quiet && e.retry_in_ms.is_some() {
+                    return;
+                }
+                self.line(&text);
+                self.show_tail(&e.step, e.attempt);
+            }
+            Event::StepInterrupted(e) if !quiet => {
+                self.line(&format!("{}: interrupted (attempt {})", e.step, e.attempt));
+            }
+            Event::JournalRepaired(e) => self.warn(&format!(
+                "the journal ended in a partly written line (a crash mid-write); cut {} bytes and kept them in {}",
+                e.dropped_bytes, e.kept_in
+            )),
+            Event::RunFinished(e) => {
+                let took = elapsed(&state.started_at, &record.ts);
+                match e.outcome {
+                    RunOutcome::Succeeded => self.line(&format!(
+                        "run {} succeeded: {} steps{}",
+                        state.run_id,
+                        state.steps.len(),
+                        took.map(|d| format!(" in {}", human(d))).unwrap_or_default()
+                    )),
+                    RunOutcome::Failed => self.line(&format!(
+                        "run {} failed: {} failed. Fix the cause, then run `runner resume --run-id {}`",
+                        state.run_id,
+                        plural_steps(&e.failed_steps),
+                        state.run_id
+                    )),
+                }
+            }
+            Event::RunInterrupted(e) => self.line(&format!(
+                "run {} interrupted by {}; continue with `runner resume --run-id {}`",
+                state.run_id, e.signal, state.run_id
+            )),
+            _ => {}
+        }
+    }
+
+    /// Prints the last lines a failed attempt wrote (stderr, else stdout).
+    fn show_tail(&self, step: &str, attempt: u32) {
+        let dir = self.run_dir.join(STEPS_DIR).join(step).join(attempt.to_string());
+        for name in ["stderr.log", "stdout.log"] {
+            let path = dir.join(name);
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let mut err = std::io::stderr().lock();
+            let skip = lines.len().saturating_sub(TAIL_LINES);
+            for l in &lines[skip..] {
+                let _ = writeln!(err, "    | {l}");
+            }
+            let _ = writeln!(err, "    (full log: {})", path.display());
+            return;
+        }
+    }
+}
+
+fn plural_steps(steps: &[String]) -> String {
+    match steps {
+        [one] => format!("step `{one}`"),
+        many => format!("steps {}", many.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// Time between two journal timestamps.
+pub fn elapsed(from: &str, to: &str) -> Option<Duration> {
+    let a: jiff::Timestamp = from.parse().ok()?;
+    let b: jiff::Timestamp = to.parse().ok()?;
+    Duration::try_from(b.duration_since(a)).ok()
+}
+
+pub fn human_ms(ms: u64) -> String {
+    human(Duration::from_millis(ms))
+}
+
+/// `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h {:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+/// Renders rows under headers, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push(&mut headers.iter().copied());
+    for row in rows {
+        push(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// A journal timestamp in the local time zone, for people.
+pub fn local_time(ts: &str) -> String {
+    ts.parse::<jiff::Timestamp>()
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| ts.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(12_345), "12.3s");
+        assert_eq!(human_ms(245_000), "4m 05s");
+        assert_eq!(human_ms(7_380_000), "2h 03m");
+        assert_eq!(
+            elapsed("2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.500Z"),
+            Some(Duration::from_millis(1500))
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Taking hold of a run: creating a new one, or resuming an existing one.
+//!
+//! Resume is where the runner decides what happened while nobody was watching: it cuts a
+//! torn journal tail, checks that the run's copy of the flow is the one it started with,
+//! stops whatever an attempt in flight left running, and records those attempts as
+//! interrupted. What runs next is then the scheduler's usual decision.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Session, SessionError};
+use crate::executor::{self, procfs};
+use crate::flow::{Flow, FlowError};
+use crate::journal::{
+    self, Event, InterruptReason, JOURNAL_FILE, JOURNAL_FORMAT, JournalError, JournalRepaired, JournalWriter,
+    RunResumed, RunStarted, StepInterrupted,
+};
+use crate::projection::Projection;
+use crate::report::{Reporter, Verbosity};
+use crate::state::{RunState, RunStatus, SNAPSHOT_FILE};
+use crate::store::{FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreError, create_run, load_run};
+
+/// Settings for a session, from the command line.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub jobs: usize,
+    pub verbosity: Verbosity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "run `{run_id}`: {} no longer matches the flow the run started with; the runner will \
+         not resume a run whose plan changed. Restore the file or start a new run",
+        path.display()
+    )]
+    FlowEdited { run_id: String, path: PathBuf },
+    #[error("run `{run_id}`: its copy of the flow is invalid: {source}")]
+    FlowInvalid {
+        run_id: String,
+        #[source]
+        source: FlowError,
+    },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// What the current process is: who drives the run from now on.
+fn session_info(jobs: usize) -> journal::Session {
+    journal::Session {
+        pid: std::process::id(),
+        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        boot_id: procfs::boot_id(),
+        jobs,
+        runner_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn open_projection(runs: &RunsDir, report: &Reporter) -> Option<Projection> {
+    match Projection::open(runs) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            report.warn(&format!("cannot open the projection ({e}); the run continues without it"));
+            None
+        }
+    }
+}
+
+/// Creates and locks a new run. `None` if a run with this id already exists.
+#[allow(clippy::too_many_arguments)]
+pub fn start_new(
+    runs: &RunsDir,
+    flow: Flow,
+    flow_bytes: &[u8],
+    flow_path: &Path,
+    params: BTreeMap<String, String>,
+    run_id: String,
+    workdir: &Path,
+    opts: &SessionOptions,
+) -> Result<Option<Session>, OpenError> {
+    let started = RunStarted {
+        run_id,
+        flow: flow.name.clone(),
+        flow_path: flow_path.to_string_lossy().into_owned(),
+        flow_hash: flow.hash.clone(),
+        params,
+        workdir: workdir.to_string_lossy().into_owned(),
+        steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
+        journal_format: JOURNAL_FORMAT,
+        session: session_info(opts.jobs),
+    };
+    let Some(created) = create_run(runs, flow_bytes, started)? else { return Ok(None) };
+    let state = RunState::from_first(&created.first)
+        .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
+    let report = Reporter::new(opts.verbosity, &created.dir);
+    let mut projection = open_projection(runs, &report);
+    if let Some(p) = &mut projection
+        && let Err(e) = p.apply(&state, std::slice::from_ref(&created.first), created.journal.len())
+    {
+        report.warn(&format!("projection not updated ({e})"));
+    }
+    let session =
+        Session::new(flow, created.dir, created.lock, created.journal, state, projection, report, opts.jobs)?;
+    Ok(Some(session))
+}
+
+/// A run taken over by this process.
+pub enum Resumed {
+    /// The run had already succeeded; nothing was done.
+    Done,
+    /// Ready to drive, with the interrupted attempts already recorded.
+    Ready(Box<Session>),
+}
+
+/// Locks an existing run and prepares it to continue.
+pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Result<Resumed, OpenError> {
+    let dir = runs.existing(run_id)?;
+    let lock = RunLock::acquire(&dir, run_id)?;
+    crate::fsutil::remove_stale_temps(&dir.join(SNAPSHOT_FILE));
+    let report = Reporter::new(opts.verbosity, &dir);
+
+    let loaded = load_run(&dir, true, u64::MAX)?;
+    if let SnapshotUse::Ignored(why) = &loaded.snapshot {
+        report.warn(&format!("{why}; folding the journal from the start instead"));
+    }
+    let flow = run_flow(&dir, &loaded.state)?;
+    let journal_path = dir.join(JOURNAL_FILE);
+    let repaired = match &loaded.torn {
+        Some(torn) => {
+            let kept_in = journal::repair_torn_tail(&journal_path, torn)?;
+            Some(JournalRepaired { dropped_bytes: torn.len, kept_in, reason: torn.reason.clone() })
+        }
+        None => None,
+    };
+    let journal = JournalWriter::reopen(&journal_path, loaded.last_seq, &loaded.last_sum, loaded.valid_len)?;
+    let projection = open_projection(runs, &report);
+    let done = loaded.state.status == RunStatus::Succeeded;
+    let mut session = Session::new(flow, dir, lock, journal, loaded.state, projection, report, opts.jobs)?;
+    if let Some(r) = repaired {
+        session.record(Event::JournalRepaired(r))?;
+    }
+    if done {
+        session.commit()?;
+        if let Some(p) = &mut session.projection {
+            let _ = p.sync_run(run_id);
+        }
+        return Ok(Resumed::Done);
+    }
+    session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
+    session.interrupt_leftovers()?;
+    Ok(Resumed::Ready(Box::new(session)))
+}
+
+/// The run's own copy of its flow, refused if it is not the file the run started with.
+fn run_flow(dir: &Path, state: &RunState) -> Result<Flow, OpenError> {
+    let path = dir.join(FLOW_COPY);
+    let edited = || OpenError::FlowEdited { run_id: state.run_id.clone(), path: path.clone() };
+    let bytes = std::fs::read(&path).map_err(|_| edited())?;
+    if blake3::hash(&bytes).to_hex().as_str() != state.flow_hash {
+        return Err(edited());
+    }
+    let flow = Flow::from_bytes(&path, &bytes)
+        .map_err(|source| OpenError::FlowInvalid { run_id: state.run_id.clone(), source })?;
+    let same_steps = flow.steps.len() == state.steps.len()
+        && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);
+    if !same_steps {
+        return Err(edited());
+    }
+    Ok(flow)
+}
+
+impl Session {
+    /// Records every attempt that was in flight when the last runner died, after stopping
+    /// whatever of it still runs, so two attempts of a step never overlap.
+    fn interrupt_leftovers(&mut self) -> Result<(), SessionError> {
+        let boot = procfs::boot_id();
+        // (step position, event to record, process to stop if it is still alive)
+        type InFlight = (usize, journal::StepInterrupted, Option<(i32, u64)>);
+        let in_flight: Vec<InFlight> = self
+            .state
+            .running_steps()
+            .filter_map(|s| {
+                let a = s.last_attempt()?;
+                let pos = self.state.step_pos(&s.id)?;
+                let same_boot = a.boot_id.as_deref() == Some(boot.as_str());
+                let process = a.pid.zip(a.proc_start).filter(|_| same_boot);
+                let event = StepInterrupted {
+                    step: s.id.clone(),
+                    visit: a.visit,
+                    attempt: a.attempt,
+                    reason: InterruptReason::RunnerDied,
+                    leftover_stopped: None,
+                    duration_ms: None,
+                };
+                Some((pos, event, process))
+            })
+            .collect();
+        for (pos, mut event, process) in in_flight {
+            let stopped = process
+                .is_some_and(|(pid, start)| executor::stop_leftover(pid, start, self.flow.steps[pos].grace));
+            if stopped {
+                self.report.warn(&format!(
+                    "step `{}` attempt {} was still running from the previous runner; stopped it",
+                    event.step, event.attempt
+                ));
+            }
+            event.leftover_stopped = Some(stopped);
+            self.record(Event::StepInterrupted(event))?;
+        }
+        Ok(())
+    }
+}

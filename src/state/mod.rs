@@ -1,0 +1,522 @@
+//! The state of a run as a fold of its journal: `state = fold(events)`.
+//!
+//! [`RunState::apply`] is the only code that interprets events. The live run, resume,
+//! `status` catch-up and `rebuild-projection` all go through it.
+
+mod snapshot;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Event, FailReason, InterruptReason, Record, RunOutcome};
+pub use snapshot::{SNAPSHOT_FILE, Snapshot, load_snapshot, write_snapshot};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started in this session (never run, or failed before a resume).
+    Pending,
+    Running,
+    /// The last attempt failed and another one follows after a delay.
+    Retrying,
+    Succeeded,
+    /// Failed after its retries; blocks new steps until the run is resumed.
+    Failed,
+    /// The last attempt was stopped with the runner; the next session runs it again.
+    Interrupted,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Retrying => "retrying",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Running => "running",
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub visit: u32,
+    pub attempt: u32,
+    pub status: AttemptStatus,
+    pub pid: Option<i32>,
+    pub proc_start: Option<u64>,
+    /// Boot id of the session that started it.
+    pub boot_id: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    /// `exit`, `signal`, `timeout`, `spawn`, or for interruptions `signal` / `runner_died`.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub id: String,
+    pub status: StepStatus,
+    pub attempts: Vec<Attempt>,
+    /// Attempts started since the run was started or last resumed: the retry budget.
+    pub session_attempts: u32,
+    /// Set while `Retrying`: the delay the failed attempt asked for.
+    pub retry_in_ms: Option<u64>,
+}
+
+impl StepState {
+    pub fn last_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub run_id: String,
+    pub flow: String,
+    pub flow_path: String,
+    pub flow_hash: String,
+    pub params: BTreeMap<String, String>,
+    pub workdir: String,
+    pub status: RunStatus,
+    pub started_at: String,
+    /// Time of the last `RunFinished`/`RunInterrupted`; cleared by a resume.
+    pub finished_at: Option<String>,
+    /// Signal that interrupted the run, while it is interrupted.
+    pub signal: Option<String>,
+    /// Sessions that drove this run: 1 + number of resumes.
+    pub sessions: u32,
+    /// Boot id of the current session.
+    pub boot_id: String,
+    pub journal_repairs: u32,
+    /// Last applied sequence number.
+    pub seq: u64,
+    /// Time of the last applied event.
+    pub last_ts: String,
+    pub steps: Vec<StepState>,
+    #[serde(skip)]
+    index: StepIndex,
+}
+
+/// Step id -> position; rebuilt after deserialising, ignored by equality.
+#[derive(Clone, Debug, Default)]
+struct StepIndex(HashMap<String, usize>);
+
+impl PartialEq for StepIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// An event that cannot follow the events before it: the journal contradicts itself.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("event {seq} ({kind}): {reason}")]
+pub struct FoldError {
+    pub seq: u64,
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl RunState {
+    /// Starts the fold from the first record, which must be `RunStarted`.
+    pub fn from_first(record: &Record) -> Result<RunState, FoldError> {
+        let Event::RunStarted(e) = &record.event else {
+            return Err(fold_err(record, "the first event of a run must be RunStarted"));
+        };
+        if record.seq != 1 {
+            return Err(fold_err(record, "RunStarted must be event 1"));
+        }
+        let steps = e
+            .steps
+            .iter()
+            .map(|id| StepState {
+                id: id.clone(),
+                status: StepStatus::Pending,
+                attempts: Vec::new(),
+                session_attempts: 0,
+                retry_in_ms: None,
+            })
+            .collect();
+        let mut state = RunState {
+            run_id: e.run_id.clone(),
+            flow: e.flow.clone(),
+            flow_path: e.flow_path.clone(),
+            flow_hash: e.flow_hash.clone(),
+            params: e.params.clone(),
+            workdir: e.workdir.clone(),
+            status: RunStatus::Running,
+            started_at: record.ts.clone(),
+            finished_at: None,
+            signal: None,
+            sessions: 1,
+            boot_id: e.session.boot_id.clone(),
+            journal_repairs: 0,
+            seq: 1,
+            last_ts: record.ts.clone(),
+            steps,
+            index: StepIndex::default(),
+        };
+        state.reindex();
+        if state.index.0.len() != state.steps.len() {
+            return Err(fold_err(record, "duplicate step ids"));
+        }
+        Ok(state)
+    }
+
+    /// Folds a whole journal.
+    pub fn fold_all(records: &[Record]) -> Result<RunState, FoldError> {
+        let (first, rest) = records.split_first().ok_or(FoldError {
+            seq: 0,
+            kind: "-",
+            reason: "the journal has no events".into(),
+        })?;
+        let mut state = RunState::from_first(first)?;
+        for r in rest {
+            state.apply(r)?;
+        }
+        Ok(state)
+    }
+
+    /// Must be called after deserialising (the index is not stored).
+    pub fn reindex(&mut self) {
+        self.index.0 = self.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    }
+
+    pub fn step_pos(&self, id: &str) -> Option<usize> {
+        self.index.0.get(id).copied()
+    }
+
+    pub fn step(&self, id: &str) -> Option<&StepState> {
+        self.step_pos(id).map(|i| &self.steps[i])
+    }
+
+    /// Applies one event. The single interpretation of every event.
+    pub fn apply(&mut self, record: &Record) -> Result<(), FoldError> {
+        if record.seq != self.seq + 1 {
+            return Err(fold_err(record, &format!("expected event {}", self.seq + 1)));
+        }
+        let ts = &record.ts;
+        match &record.event {
+            Event::RunStarted(_) => return Err(fold_err(record, "a run can only start once")),
+            Event::RunResumed(e) => {
+                self.sessions += 1;
+                self.boot_id.clone_from(&e.session.boot_id);
+                self.status = RunStatus::Running;
+                self.finished_at = None;
+                self.signal = None;
+                for step in &mut self.steps {
+                    step.session_attempts = 0;
+                    step.retry_in_ms = None;
+                    // A resume gives failed steps a fresh start with a fresh retry budget.
+                    if matches!(step.status, StepStatus::Failed | StepStatus::Retrying) {
+                        step.status = StepStatus::Pending;
+                    }
+                }
+            }
+            Event::JournalRepaired(_) => self.journal_repairs += 1,
+            Event::StepStarted(e) => {
+                let boot_id = self.boot_id.clone();
+                let step = self.step_mut(record, &e.step)?;
+                if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
+                    return Err(fold_err(
+                        record,
+                        &format!("step `{}` is already {}", e.step, step.status.as_str()),
+                    ));
+                }
+                expect_next_attempt(record, step, e.attempt)?;
+                step.attempts.push(Attempt {
+                    visit: e.visit,
+                    attempt: e.attempt,
+                    status: AttemptStatus::Running,
+                    pid: Some(e.pid),
+                    proc_start: Some(e.proc_start),
+                    boot_id: Some(boot_id),
+                    started_at: Some(ts.clone()),
+                    finished_at: None,
+                    exit_code: None,
+                    signal: None,
+                    reason: None,
+                    message: None,
+                    duration_ms: None,
+                });
+                step.status = StepStatus::Running;
+                step.session_attempts += 1;
+                step.retry_in_ms = None;
+            }
+            Event::StepSucceeded(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                let a = running_attempt(record, step, e.attempt)?;
+                a.status = AttemptStatus::Succeeded;
+                a.finished_at = Some(ts.clone());
+                a.exit_code = Some(0);
+                a.duration_ms = Some(e.duration_ms);
+                step.status = StepStatus::Succeeded;
+            }
+            Event::StepFailed(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                // A spawn failure has no StepStarted: the attempt begins and ends here.
+                if e.reason == FailReason::Spawn
+                    && step.attempts.last().is_none_or(|a| a.attempt != e.attempt)
+                {
+                    expect_next_attempt(record, step, e.attempt)?;
+                    step.attempts.push(Attempt {
+                        visit: e.visit,
+                        attempt: e.attempt,
+                        status: AttemptStatus::Running,
+                        pid: None,
+                        proc_start: None,
+                        boot_id: None,
+                        started_at: Some(ts.clone()),
+                        finished_at: None,
+                        exit_code: None,
+                        signal: None,
+                        reason: None,
+                        message: None,
+                        duration_ms: None,
+                    });
+                    step.session_attempts += 1;
+                }
+                let a = running_attempt(record, step, e.attempt)?;
+                a.status = AttemptStatus::Failed;
+                a.finished_at = Some(ts.clone());
+                a.exit_code = e.exit_code;
+                a.signal.clone_from(&e.signal);
+                a.reason = Some(fail_reason(e.reason).into());
+                a.message = Some(e.message.clone());
+                a.duration_ms = Some(e.duration_ms);
+                step.retry_in_ms = e.retry_in_ms;
+                step.status = if e.retry_in_ms.is_some() { StepStatus::Retrying } else { StepStatus::Failed };
+            }
+            Event::StepInterrupted(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                let a = running_attempt(record, step, e.attempt)?;
+                a.status = AttemptStatus::Interrupted;
+                a.finished_at = Some(ts.clone());
+                a.reason = Some(
+                    match e.reason {
+                        InterruptReason::Signal => "signal",
+                        InterruptReason::RunnerDied => "runner_died",
+                    }
+                    .into(),
+                );
+                a.duration_ms = e.duration_ms;
+                step.status = StepStatus::Interrupted;
+            }
+            Event::RunInterrupted(e) => {
+                self.status = RunStatus::Interrupted;
+                self.finished_at = Some(ts.clone());
+                self.signal = Some(e.signal.clone());
+            }
+            Event::RunFinished(e) => {
+                self.status = match e.outcome {
+                    RunOutcome::Succeeded => RunStatus::Succeeded,
+                    RunOutcome::Failed => RunStatus::Failed,
+                };
+                self.finished_at = Some(ts.clone());
+            }
+        }
+        self.seq = record.seq;
+        self.last_ts.clone_from(ts);
+        Ok(())
+    }
+
+    fn step_mut(&mut self, record: &Record, id: &str) -> Result<&mut StepState, FoldError> {
+        match self.step_pos(id) {
+            Some(i) => Ok(&mut self.steps[i]),
+            None => Err(fold_err(record, &format!("unknown step `{id}`"))),
+        }
+    }
+
+    /// Steps whose attempt was in flight when the journal ends.
+    pub fn running_steps(&self) -> impl Iterator<Item = &StepState> {
+        self.steps.iter().filter(|s| s.status == StepStatus::Running)
+    }
+
+    pub fn count(&self, status: StepStatus) -> usize {
+        self.steps.iter().filter(|s| s.status == status).count()
+    }
+
+    /// Attempts across all steps.
+    pub fn total_attempts(&self) -> usize {
+        self.steps.iter().map(|s| s.attempts.len()).sum()
+    }
+}
+
+fn fail_reason(r: FailReason) -> &'static str {
+    match r {
+        FailReason::Exit => "exit",
+        FailReason::Signal => "signal",
+        FailReason::Timeout => "timeout",
+        FailReason::Spawn => "spawn",
+    }
+}
+
+fn fold_err(record: &Record, reason: &str) -> FoldError {
+    FoldError { seq: record.seq, kind: record.event.kind(), reason: reason.to_string() }
+}
+
+fn expect_next_attempt(record: &Record, step: &StepState, attempt: u32) -> Result<(), FoldError> {
+    let next = step.attempts.len() as u32 + 1;
+    if attempt != next {
+        return Err(fold_err(record, &format!("step `{}` attempt {attempt}, expected {next}", step.id)));
+    }
+    Ok(())
+}
+
+fn running_attempt<'a>(
+    record: &Record,
+    step: &'a mut StepState,
+    attempt: u32,
+) -> Result<&'a mut Attempt, FoldError> {
+    let id = step.id.clone();
+    match step.attempts.last_mut() {
+        Some(a) if a.attempt == attempt && a.status == AttemptStatus::Running => Ok(a),
+        _ => Err(fold_err(record, &format!("step `{id}` attempt {attempt} is not running"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::*;
+
+    fn session() -> Session {
+        Session { pid: 1, host: "h".into(), boot_id: "b".into(), jobs: 1, runner_version: "t".into() }
+    }
+
+    fn records(events: Vec<Event>) -> Vec<Record> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Record { seq: i as u64 + 1, ts: format!("t{}", i + 1), event })
+            .collect()
+    }
+
+    fn started(steps: &[&str]) -> Event {
+        Event::RunStarted(RunStarted {
+            run_id: "r".into(),
+            flow: "f".into(),
+            flow_path: "f.toml".into(),
+            flow_hash: "h".into(),
+            params: BTreeMap::new(),
+            workdir: "/".into(),
+            steps: steps.iter().map(|s| s.to_string()).collect(),
+            journal_format: 1,
+            session: session(),
+        })
+    }
+
+    fn step_started(step: &str, attempt: u32) -> Event {
+        Event::StepStarted(StepStarted { step: step.into(), visit: 1, attempt, pid: 10, proc_start: 5 })
+    }
+
+    fn failed(step: &str, attempt: u32, retry: Option<u64>) -> Event {
+        Event::StepFailed(StepFailed {
+            step: step.into(),
+            visit: 1,
+            attempt,
+            reason: FailReason::Exit,
+            exit_code: Some(1),
+            signal: None,
+            message: "exit 1".into(),
+            duration_ms: 3,
+            retry_in_ms: retry,
+        })
+    }
+
+    #[test]
+    fn a_failed_step_retries_then_a_resume_resets_it() {
+        let recs = records(vec![
+            started(&["a", "b"]),
+            step_started("a", 1),
+            failed("a", 1, Some(1000)),
+            step_started("a", 2),
+            failed("a", 2, None),
+            Event::RunFinished(RunFinished { outcome: RunOutcome::Failed, failed_steps: vec!["a".into()] }),
+            Event::RunResumed(RunResumed { session: session() }),
+        ]);
+        let mut s = RunState::fold_all(&recs[..3]).expect("fold");
+        assert_eq!(s.steps[0].status, StepStatus::Retrying);
+        for r in &recs[3..6] {
+            s.apply(r).expect("apply");
+        }
+        assert_eq!((s.steps[0].status, s.steps[0].session_attempts), (StepStatus::Failed, 2));
+        assert_eq!(s.status, RunStatus::Failed);
+        s.apply(&recs[6]).expect("apply");
+        assert_eq!((s.steps[0].status, s.steps[0].session_attempts), (StepStatus::Pending, 0));
+        assert_eq!((s.status, s.sessions, s.finished_at.clone()), (RunStatus::Running, 2, None));
+        assert_eq!(s.steps[0].attempts.len(), 2);
+    }
+
+    #[test]
+    fn contradictions_are_fold_errors() {
+        let recs = records(vec![started(&["a"]), step_started("a", 2)]);
+        assert!(RunState::fold_all(&recs).is_err());
+        let recs = records(vec![started(&["a"]), step_started("zz", 1)]);
+        assert!(RunState::fold_all(&recs).expect_err("unknown").reason.contains("unknown step"));
+        let recs = records(vec![started(&["a"]), step_started("a", 1), step_started("a", 2)]);
+        assert!(RunState::fold_all(&recs).is_err());
+        let recs = records(vec![step_started("a", 1)]);
+        assert!(RunState::fold_all(&recs).is_err());
+        let mut recs = records(vec![started(&["a"]), step_started("a", 1)]);
+        recs[1].seq = 3;
+        assert!(RunState::fold_all(&recs).is_err());
+    }
+
+    #[test]
+    fn spawn_failures_create_their_attempt() {
+        let mut spawn = failed("a", 1, None);
+        if let Event::StepFailed(f) = &mut spawn {
+            f.reason = FailReason::Spawn;
+        }
+        let s = RunState::fold_all(&records(vec![started(&["a"]), spawn])).expect("fold");
+        assert_eq!(s.steps[0].attempts[0].reason.as_deref(), Some("spawn"));
+        assert_eq!(s.steps[0].status, StepStatus::Failed);
+    }
+}

@@ -1,0 +1,191 @@
+//! The runs directory: where runs live, how they are named, created, locked and loaded.
+
+mod create;
+mod load;
+mod lock;
+
+use std::path::{Path, PathBuf};
+
+pub use create::{CreatedRun, create_run};
+pub use load::{LoadError, Loaded, SnapshotUse, load_run};
+pub use lock::{RunLock, is_locked, live_lock_holders};
+
+use crate::journal::{JOURNAL_FILE, RunStarted};
+
+/// The flow as it was when the run started; resume uses this copy.
+pub const FLOW_COPY: &str = "flow.toml";
+pub const LOCK_FILE: &str = "lock";
+pub const STEPS_DIR: &str = "steps";
+/// Where runs are assembled before they appear under their id (never a valid run id).
+const STAGING_DIR: &str = ".staging";
+const MAX_RUN_ID_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid run id {0:?}: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`")]
+    BadRunId(String),
+    #[error("no run `{id}` in {}", dir.display())]
+    NotFound { id: String, dir: PathBuf },
+    #[error("no runs{} in {}", flow.as_ref().map(|f| format!(" of flow `{f}`")).unwrap_or_default(), dir.display())]
+    NoRuns { flow: Option<String>, dir: PathBuf },
+    #[error(
+        "run `{id}` is locked by another runner process{}; wait for it to finish, or stop it with `kill {}`",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        pid.map(|p| p.to_string()).unwrap_or_else(|| "<pid>".into())
+    )]
+    Locked { id: String, pid: Option<u32> },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Checks a run id given by a user: it becomes a directory name.
+pub fn validate_run_id(id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_RUN_ID_LEN
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok { Ok(()) } else { Err(StoreError::BadRunId(id.to_string())) }
+}
+
+/// A readable id that sorts by start time: `20261121-234244.123-nightly-k3f9`.
+/// The random tail keeps concurrent starts apart; creation still refuses to reuse an id.
+pub fn generate_run_id(flow_name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = jiff::Timestamp::now();
+    let stamp = now.strftime("%Y%m%d-%H%M%S%.3f").to_string();
+    let mut name: String = flow_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(MAX_RUN_ID_LEN - stamp.len() - 6)
+        .collect();
+    if name.is_empty() {
+        name.push_str("run");
+    }
+    let seed =
+        format!("{}:{}:{}", now.as_nanosecond(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let hash = blake3::hash(seed.as_bytes());
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let tail: String = hash.as_bytes()[..4].iter().map(|b| ALPHABET[(*b & 31) as usize] as char).collect();
+    format!("{stamp}-{name}-{tail}")
+}
+
+/// The directory that holds every run (`--runs-dir`).
+#[derive(Clone, Debug)]
+pub struct RunsDir {
+    root: PathBuf,
+}
+
+impl RunsDir {
+    pub fn new(root: PathBuf) -> RunsDir {
+        RunsDir { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.run_dir(id).join(JOURNAL_FILE).is_file()
+    }
+
+    /// The directory of an existing run, or a "no such run" error.
+    pub fn existing(&self, id: &str) -> Result<PathBuf, StoreError> {
+        validate_run_id(id)?;
+        if self.exists(id) {
+            Ok(self.run_dir(id))
+        } else {
+            Err(StoreError::NotFound { id: id.to_string(), dir: self.root.clone() })
+        }
+    }
+
+    /// Every run id, sorted. A missing runs directory has no runs.
+    pub fn list(&self) -> Result<Vec<String>, StoreError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&self.root, e)),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| validate_run_id(name).is_ok() && self.exists(name))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The most recently started run, optionally only of the flow with this name.
+    pub fn last(&self, flow: Option<&str>) -> Result<String, StoreError> {
+        let wanted = flow
+            .map(|f| Path::new(f).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let mut best: Option<(String, String)> = None;
+        for id in self.list()? {
+            let Some((ts, started)) = read_run_started(&self.run_dir(id.as_str())) else { continue };
+            if wanted.as_ref().is_some_and(|w| *w != started.flow) {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(bts, bid)| (&ts, &id) > (bts, bid)) {
+                best = Some((ts, id));
+            }
+        }
+        best.map(|(_, id)| id).ok_or_else(|| StoreError::NoRuns { flow: wanted, dir: self.root.clone() })
+    }
+}
+
+/// Reads just the first journal line: when and how the run started.
+pub fn read_run_started(run_dir: &Path) -> Option<(String, RunStarted)> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(run_dir.join(JOURNAL_FILE)).ok()?;
+    let mut line = Vec::new();
+    std::io::BufReader::new(file).read_until(b'\n', &mut line).ok()?;
+    let scan = crate::journal::scan_bytes(Path::new(JOURNAL_FILE), &line, 0).ok()?;
+    let record = scan.records.into_iter().next()?;
+    match record.event {
+        crate::journal::Event::RunStarted(e) => Some((record.ts, e)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids() {
+        for ok in ["a", "etl-2026-11-21", "x.y_z", &"a".repeat(128)] {
+            assert!(validate_run_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "..", "a/b", "../x", "a b", "é", &"a".repeat(129)] {
+            assert!(validate_run_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_valid_distinct_and_sort_by_time() {
+        let a = generate_run_id("night ly/../x");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = generate_run_id("nightly");
+        assert!(validate_run_id(&a).is_ok(), "{a}");
+        assert!(a < b, "{a} {b}");
+        assert!(a.contains("-night_ly____x-"), "{a}");
+        assert_ne!(generate_run_id("x"), generate_run_id("x"));
+        assert!(validate_run_id(&generate_run_id(&"x".repeat(300))).is_ok());
+    }
+}
