@@ -19,6 +19,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        crate::crashpoint::reached("snapshot-temp");
         std::fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();

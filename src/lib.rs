@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod crashpoint;
 pub mod error;
 pub mod executor;
 pub mod exit;

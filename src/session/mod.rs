@@ -25,9 +25,9 @@ use crate::journal::{
 };
 use crate::projection::Projection;
 use crate::report::{Reporter, human};
-use crate::scheduler;
 use crate::state::{RunState, write_snapshot};
 use crate::store::{RunLock, STEPS_DIR};
+use crate::{crashpoint, scheduler};
 
 /// A snapshot is written after this many events, and when the session ends.
 const SNAPSHOT_EVERY: u64 = 1000;
@@ -217,7 +217,9 @@ impl Session {
         if !self.journal.has_staged() {
             return Ok(());
         }
+        crashpoint::reached("before-commit");
         let records = self.journal.commit()?;
+        crashpoint::reached("after-commit");
         let now = Instant::now();
         for (pid, gate) in self.gates.drain(..) {
             if let Some(r) = self.running.get_mut(&pid) {
@@ -238,6 +240,7 @@ impl Session {
                 "projection not updated ({e}); `runner status` will catch up from the journal"
             ));
         }
+        crashpoint::reached("after-projection");
         self.since_snapshot += records.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY {
             self.snapshot();

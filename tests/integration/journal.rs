@@ -1,0 +1,138 @@
+//! The journal as the truth: torn tails, damaged lines, snapshots that may vanish.
+
+use std::io::Write;
+
+use crate::util::*;
+
+/// A flow whose step `gate` fails until the file `fixed` exists.
+const GATED: &str = r#"
+[[steps]]
+id = "first"
+run = "echo first >> first.out"
+[[steps]]
+id = "gate"
+run = "echo gate >> gate.out; test -f fixed"
+[[steps]]
+id = "last"
+run = "echo last >> last.out"
+"#;
+
+fn failed_run(env: &Env) -> String {
+    let flow = env.flow("gated", GATED);
+    let out = env.run(&["run", &flow]);
+    out.code(1).stderr_has("run `runner resume --run-id");
+    out.run_id()
+}
+
+#[test]
+fn fail_fix_resume_runs_only_what_is_left() {
+    let env = Env::new();
+    let id = failed_run(&env);
+    assert_eq!((env.count("first.out"), env.count("gate.out"), env.count("last.out")), (1, 1, 0));
+    env.run(&["status", "--run-id", &id]).code(0).stdout_has("failed").stdout_has("exited with code 1");
+    env.write("fixed", "");
+    env.run(&["resume", "--run-id", &id]).code(0);
+    assert_eq!((env.count("first.out"), env.count("gate.out"), env.count("last.out")), (1, 2, 1));
+    let events = env.events(&id);
+    assert_eq!(events.iter().filter(|e| *e == "StepStarted:gate").count(), 2);
+    assert!(events.contains(&"RunResumed".to_string()));
+    let attempts: Vec<u64> = env
+        .journal(&id)
+        .iter()
+        .filter(|e| e["type"] == "StepStarted" && e["data"]["step"] == "gate")
+        .map(|e| e["data"]["attempt"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(attempts, vec![1, 2], "a resumed step gets a new attempt number");
+    assert!(env.run_dir(&id).join("steps/gate/1/stdout.log").exists());
+    assert!(env.run_dir(&id).join("steps/gate/2/stdout.log").exists());
+}
+
+#[test]
+fn a_torn_tail_is_cut_kept_aside_and_the_run_continues() {
+    let env = Env::new();
+    let id = failed_run(&env);
+    let journal = env.run_dir(&id).join("journal.jsonl");
+    let intact = std::fs::read(&journal).expect("journal");
+    let torn = b"{\"seq\":99,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"StepSta";
+    std::fs::OpenOptions::new().append(true).open(&journal).expect("open").write_all(torn).expect("append");
+
+    env.run(&["verify", "--run-id", &id]).code(0).stderr_has("not a complete line");
+    env.write("fixed", "");
+    env.run(&["resume", "--run-id", &id]).code(0).stderr_has("partly written line");
+    let kept = std::fs::read(env.run_dir(&id).join("journal.jsonl.broken")).expect("kept aside");
+    assert_eq!(kept, torn);
+    let after = std::fs::read(&journal).expect("journal");
+    assert!(after.starts_with(&intact), "intact events must be kept byte for byte");
+    assert!(env.events(&id).contains(&"JournalRepaired".to_string()));
+    env.run(&["verify", "--run-id", &id]).code(0);
+    assert_eq!(env.count("first.out"), 1);
+}
+
+#[test]
+fn a_damaged_middle_line_is_refused_and_left_untouched() {
+    let env = Env::new();
+    let id = failed_run(&env);
+    let journal = env.run_dir(&id).join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    // Valid JSON with one changed value: only the checksum can tell.
+    let line = text.lines().position(|l| l.contains("\"type\":\"StepSucceeded\"")).expect("a success line");
+    let damaged: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == line { l.replace("\"attempt\":1", "\"attempt\":7") } else { l.to_string() })
+        .collect();
+    let damaged = damaged.join("\n") + "\n";
+    assert_ne!(damaged, text);
+    serde_json::from_str::<serde_json::Value>(damaged.lines().nth(line).expect("line")).expect("still JSON");
+    std::fs::write(&journal, &damaged).expect("write");
+
+    let n = line + 1;
+    let verify = env.run(&["verify", "--run-id", &id]);
+    verify.code(1).stderr_has(&format!("journal.jsonl:{n}: the journal is damaged: checksum mismatch"));
+    env.write("fixed", "");
+    env.run(&["resume", "--run-id", &id]).code(2).stderr_has(&format!("journal.jsonl:{n}:"));
+    assert_eq!(
+        std::fs::read_to_string(&journal).expect("journal"),
+        damaged,
+        "the damaged journal was changed"
+    );
+    assert_eq!(env.count("last.out"), 0, "nothing may run past a damaged journal");
+}
+
+#[test]
+fn deleting_the_snapshot_changes_nothing() {
+    let env = Env::new();
+    let id = failed_run(&env);
+    let dir = env.run_dir(&id);
+    let before = env.run(&["status", "--json", "--run-id", &id]).code(0).stdout.clone();
+    std::fs::remove_file(dir.join("state.json")).expect("snapshot existed");
+    assert_eq!(env.run(&["status", "--json", "--run-id", &id]).stdout, before);
+    env.write("fixed", "");
+    env.run(&["resume", "--run-id", &id]).code(0);
+    assert_eq!((env.count("first.out"), env.count("gate.out"), env.count("last.out")), (1, 2, 1));
+    // A damaged snapshot is ignored, not trusted: the journal is the truth.
+    let snap = std::fs::read_to_string(dir.join("state.json")).expect("new snapshot");
+    std::fs::write(dir.join("state.json"), snap.replace("\"succeeded\"", "\"failed\"")).expect("write");
+    env.run(&["verify", "--run-id", &id]).code(0).stderr_has("damaged");
+    env.run(&["resume", "--run-id", &id]).code(0).stderr_has("already succeeded");
+    std::fs::write(dir.join("state.json"), "{not json").expect("write");
+    env.run(&["verify", "--run-id", &id]).code(0).stderr_has("resume ignores it");
+    env.run(&["resume", "--run-id", &id]).code(0).stderr_has("already succeeded");
+}
+
+#[test]
+fn an_edited_flow_copy_is_refused_on_resume() {
+    let env = Env::new();
+    let id = failed_run(&env);
+    let copy = env.run_dir(&id).join("flow.toml");
+    let text = std::fs::read_to_string(&copy).expect("copy");
+    std::fs::write(&copy, text.replace("test -f fixed", "true")).expect("edit");
+    env.run(&["resume", "--run-id", &id])
+        .code(2)
+        .stderr_has("no longer matches the flow the run started with");
+    env.run(&["verify", "--run-id", &id]).code(1).stderr_has("edited since the run started");
+    // Editing the original flow does not affect the run: resume uses its own copy.
+    std::fs::write(&copy, text).expect("restore");
+    env.flow("gated", &GATED.replace("test -f fixed", "true"));
+    env.run(&["resume", "--run-id", &id]).code(1);
+}

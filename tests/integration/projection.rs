@@ -1,0 +1,101 @@
+//! The projection: a fold of the journals that a rebuild reproduces row for row.
+
+use crate::util::*;
+
+const MIXED: &str = r#"
+[params]
+n = { default = "0" }
+[[steps]]
+id = "one"
+run = "echo one"
+[[steps]]
+id = "flaky"
+run = 'c=$(cat count 2>/dev/null || echo 0); c=$((c+1)); echo $c > count; [ $c -ge 2 ]'
+retries = { attempts = 1, backoff = "10ms" }
+[[steps]]
+id = "side"
+needs = []
+run = "echo side"
+[[steps]]
+id = "last"
+needs = ["flaky", "side"]
+run = "test -f ok"
+"#;
+
+#[test]
+fn rebuild_equals_live_row_for_row() {
+    let env = Env::new();
+    let flow = env.flow("mixed", MIXED);
+    env.run(&["run", &flow, "--param", "n=1"]).code(1);
+    let failed = env.run_ids()[0].clone();
+    env.write("ok", "");
+    env.run(&["resume", "--run-id", &failed]).code(0);
+    env.run(&["run", &flow, "--run-id", "second", "--jobs", "1"]).code(0);
+    std::fs::remove_file(env.path().join("ok")).expect("rm");
+    env.run(&["run", &flow, "--run-id", "third"]).code(1);
+
+    let live = env.projection_dump();
+    assert!(live.contains("StepFailed") && live.contains("RunResumed"), "{live}");
+    let rebuilt = env.run(&["rebuild-projection"]);
+    rebuilt.code(0).stdout_has("3 runs");
+    assert_eq!(env.projection_dump(), live, "rebuilt projection differs from the live one");
+
+    // Deleting the projection is safe: the next reader rebuilds it from the journals.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.runs_dir().join(format!("projection.sqlite{suffix}")));
+    }
+    env.run(&["status"]).code(0).stdout_has("second");
+    assert_eq!(env.projection_dump(), live);
+}
+
+#[test]
+fn concurrent_runners_share_the_projection() {
+    let env = Env::new();
+    let flow = env.flow(
+        "par",
+        "[[steps]]\nid='a'\nrun='true'\n[[steps]]\nid='b'\nrun='true'\n[[steps]]\nid='c'\nrun='sleep 0.05'\n[[steps]]\nid='d'\nrun='true'\n",
+    );
+    let children: Vec<_> = (0..6).map(|i| env.spawn(&["run", &flow, "--run-id", &format!("r{i}")])).collect();
+    for c in children {
+        finish(c, std::time::Duration::from_secs(60)).code(0);
+    }
+    let live = env.projection_dump();
+    assert_eq!(live.matches("\"succeeded\"").count() >= 6, true);
+    env.run(&["rebuild-projection"]).code(0).stdout_has("6 runs");
+    assert_eq!(env.projection_dump(), live);
+}
+
+#[test]
+fn status_catches_up_a_lagging_projection() {
+    let env = Env::new();
+    let flow = env.flow("mixed", MIXED);
+    env.write("ok", "");
+    let id = env.run(&["run", &flow]).code(0).run_id();
+    let expected = env.projection_dump();
+    // Make the projection lag: forget the last events, as if the runner died between
+    // its journal write and its projection update.
+    let conn = rusqlite::Connection::open(env.runs_dir().join("projection.sqlite")).expect("open");
+    conn.execute("DELETE FROM events WHERE run_id = ?1 AND seq > 3", [&id]).expect("delete");
+    conn.execute(
+        "UPDATE runs SET last_seq = 3, journal_bytes = 10, status = 'running' WHERE run_id = ?1",
+        [&id],
+    )
+    .expect("update");
+    drop(conn);
+    env.run(&["status"]).code(0).stdout_has("succeeded");
+    assert_eq!(env.projection_dump(), expected);
+}
+
+#[test]
+fn an_old_schema_is_rebuilt() {
+    let env = Env::new();
+    let flow = env.flow("mixed", MIXED);
+    env.write("ok", "");
+    env.run(&["run", &flow]).code(0);
+    let expected = env.projection_dump();
+    let conn = rusqlite::Connection::open(env.runs_dir().join("projection.sqlite")).expect("open");
+    conn.execute_batch("DROP TABLE events; PRAGMA user_version = 0;").expect("downgrade");
+    drop(conn);
+    env.run(&["status"]).code(0);
+    assert_eq!(env.projection_dump(), expected);
+}

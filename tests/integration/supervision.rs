@@ -1,0 +1,254 @@
+//! Processes: signals, timeouts, retries, locks, and crashes of the runner itself.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+/// Step `long` records its pid and a background child's pid, then waits for a while.
+const LONG: &str = r#"
+[[steps]]
+id = "quick"
+run = "echo quick >> quick.out"
+[[steps]]
+id = "long"
+run = '''
+echo long >> long.out
+sleep 300 &
+echo $! > child.pid
+echo $$ > shell.pid
+if [ -f resume-fast ]; then exit 0; fi
+wait
+'''
+[[steps]]
+id = "after"
+run = "echo after >> after.out"
+"#;
+
+fn start_long(env: &Env) -> std::process::Child {
+    let flow = env.flow("long", LONG);
+    let child = env.spawn(&["run", &flow, "--run-id", "r"]);
+    wait_for("the long step to start", Duration::from_secs(20), || env.path().join("shell.pid").exists());
+    child
+}
+
+#[test]
+fn sigint_stops_every_step_process_and_exits_130() {
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let env = Env::new();
+        let child = start_long(&env);
+        let (shell, bg) = (read_pid(&env, "shell.pid"), read_pid(&env, "child.pid"));
+        assert!(alive(shell) && alive(bg));
+        signal(child.id(), sig);
+        let out = finish(child, Duration::from_secs(20));
+        out.code(code).stderr_has("interrupted by");
+        wait_for("step processes to be gone", Duration::from_secs(5), || !alive(shell) && !alive(bg));
+        let events = env.events("r");
+        assert!(events.contains(&"StepInterrupted:long".to_string()), "{events:?}");
+        assert_eq!(events.last().map(String::as_str), Some("RunInterrupted"));
+
+        env.write("resume-fast", "");
+        env.run(&["resume", "--run-id", "r"]).code(0);
+        assert_eq!((env.count("quick.out"), env.count("long.out"), env.count("after.out")), (1, 2, 1));
+    }
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let env = Env::new();
+    let flow = env.flow(
+        "stubborn",
+        "[[steps]]\nid='stubborn'\ngrace='60s'\nrun='''\ntrap \"\" TERM\necho $$ > shell.pid\nwhile true; do sleep 0.05; done\n'''\n",
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "s"]);
+    wait_for("the step to start", Duration::from_secs(20), || env.path().join("shell.pid").exists());
+    signal(child.id(), Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    let shell = read_pid(&env, "shell.pid");
+    assert!(alive(shell), "the step ignores SIGTERM and has a long grace");
+    signal(child.id(), Signal::SIGINT);
+    finish(child, Duration::from_secs(10)).code(130);
+    wait_for("the stubborn step to be killed", Duration::from_secs(5), || !alive(shell));
+}
+
+#[test]
+fn a_second_runner_is_refused_with_exit_4() {
+    let env = Env::new();
+    let child = start_long(&env);
+    let out = env.run(&["resume", "--run-id", "r"]);
+    out.code(4).stderr_has(&format!("locked by another runner process (pid {})", child.id()));
+    let flow = "flows/long.toml";
+    env.run(&["run", flow, "--run-id", "r"]).code(4);
+    signal(child.id(), Signal::SIGTERM);
+    finish(child, Duration::from_secs(20)).code(143);
+}
+
+#[test]
+fn sigkill_mid_step_then_resume_runs_completed_steps_exactly_once() {
+    let env = Env::new();
+    let child = start_long(&env);
+    let (shell, bg) = (read_pid(&env, "shell.pid"), read_pid(&env, "child.pid"));
+    signal(child.id(), Signal::SIGKILL);
+    let _ = finish(child, Duration::from_secs(10));
+    // The step outlives a SIGKILLed runner; the resume must stop it before the next attempt.
+    assert!(alive(shell) || alive(bg));
+    env.run(&["status"]).code(0).stdout_has("crashed");
+    env.write("resume-fast", "");
+    env.run(&["resume", "--run-id", "r"]).code(0).stderr_has("still running from the previous runner");
+    assert!(!alive(shell) && !alive(bg), "leftover attempt still alive after resume");
+    assert_eq!((env.count("quick.out"), env.count("long.out"), env.count("after.out")), (1, 2, 1));
+    let interrupted: Vec<_> =
+        env.journal("r").into_iter().filter(|e| e["type"] == "StepInterrupted").collect();
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(interrupted[0]["data"]["reason"], "runner_died");
+    assert_eq!(interrupted[0]["data"]["leftover_stopped"], true);
+    env.run(&["verify", "--run-id", "r"]).code(0);
+    let live = env.projection_dump();
+    env.run(&["rebuild-projection"]).code(0);
+    assert_eq!(env.projection_dump(), live);
+}
+
+#[test]
+fn repeated_sigkills_never_rerun_a_completed_step() {
+    let env = Env::new();
+    let mut toml = String::new();
+    for i in 0..12 {
+        let needs = if i % 3 == 0 { "needs = []\n".to_string() } else { String::new() };
+        toml.push_str(&format!(
+            "[[steps]]\nid = 's{i}'\n{needs}run = 'echo $RUNNER_ATTEMPT >> s{i}.out; sleep 0.0{}'\n",
+            i % 7 + 1
+        ));
+    }
+    let flow = env.flow("soak", &toml);
+    let mut kills = 0;
+    for round in 0..40 {
+        let args: Vec<&str> =
+            if round == 0 { vec!["run", &flow, "--run-id", "k"] } else { vec!["resume", "--run-id", "k"] };
+        let child = env.spawn(&args);
+        std::thread::sleep(Duration::from_millis(20 + (round * 37 % 90) as u64));
+        match child_try_kill(child) {
+            Some(code) => {
+                assert_eq!(code, 0, "run finished with {code}");
+                break;
+            }
+            None => kills += 1,
+        }
+    }
+    if env.run(&["resume", "--run-id", "k"]).code != 0 {
+        panic!("the run did not complete");
+    }
+    assert!(kills > 0, "the test never managed to kill the runner");
+    let journal = env.journal("k");
+    for i in 0..12 {
+        let step = format!("s{i}");
+        let successes = journal
+            .iter()
+            .filter(|e| e["type"] == "StepSucceeded" && e["data"]["step"] == step.as_str())
+            .count();
+        assert_eq!(successes, 1, "step {step} succeeded {successes} times");
+        let interrupted = journal
+            .iter()
+            .filter(|e| e["type"] == "StepInterrupted" && e["data"]["step"] == step.as_str())
+            .count();
+        let ran = env.count(&format!("{step}.out"));
+        // Every execution was journaled first; one succeeded, the others were interrupted.
+        assert!(
+            ran >= 1 && ran <= 1 + interrupted,
+            "step {step} ran {ran} times with {interrupted} interruptions"
+        );
+    }
+    env.run(&["verify", "--run-id", "k"]).code(0);
+    let live = env.projection_dump();
+    env.run(&["rebuild-projection"]).code(0);
+    assert_eq!(env.projection_dump(), live);
+}
+
+/// SIGKILLs the runner if it still runs; returns its exit code if it had finished.
+fn child_try_kill(mut child: std::process::Child) -> Option<i32> {
+    if let Some(status) = child.try_wait().expect("wait") {
+        return status.code();
+    }
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn timeouts_stop_the_step_and_fail_it() {
+    let env = Env::new();
+    let flow = env.flow(
+        "slow",
+        "[[steps]]\nid='slow'\ntimeout='300ms'\nrun='echo $$ > shell.pid; sleep 30'\n\
+         [[steps]]\nid='deaf'\nneeds=[]\ntimeout='200ms'\ngrace='300ms'\nrun='''\ntrap \"\" TERM\necho $$ > deaf.pid\nwhile true; do sleep 0.05; done\n'''\n",
+    );
+    let started = std::time::Instant::now();
+    let out = env.run(&["run", &flow, "--run-id", "t"]);
+    out.code(1).stderr_has("timed out after 300ms");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let failed: Vec<_> = env.journal("t").into_iter().filter(|e| e["type"] == "StepFailed").collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|e| e["data"]["reason"] == "timeout"));
+    let deaf = failed.iter().find(|e| e["data"]["step"] == "deaf").expect("deaf failed");
+    assert_eq!(deaf["data"]["signal"], "SIGKILL", "a step that ignores SIGTERM is killed after its grace");
+    assert!(!alive(read_pid(&env, "shell.pid")) && !alive(read_pid(&env, "deaf.pid")));
+}
+
+#[test]
+fn retries_back_off_and_then_give_up() {
+    let env = Env::new();
+    let flow = env.flow(
+        "retry",
+        r#"
+[[steps]]
+id = "flaky"
+run = 'n=$(cat n 2>/dev/null || echo 0); n=$((n+1)); echo $n > n; echo "attempt $RUNNER_ATTEMPT"; [ $n -ge 3 ]'
+retries = { attempts = 2, backoff = "50ms" }
+[[steps]]
+id = "hopeless"
+run = "echo no >&2; exit 3"
+retries = 1
+"#,
+    );
+    let out = env.run(&["run", &flow, "--run-id", "x"]);
+    out.code(1)
+        .stderr_has("retrying in 50ms")
+        .stderr_has("retrying in 100ms")
+        .stderr_has("exited with code 3");
+    let journal = env.journal("x");
+    let starts =
+        |s: &str| journal.iter().filter(|e| e["type"] == "StepStarted" && e["data"]["step"] == s).count();
+    assert_eq!((starts("flaky"), starts("hopeless")), (3, 2));
+    assert_eq!(
+        env.run(&["logs", "--run-id", "x", "--step", "flaky", "--attempt", "2", "--stream", "stdout"]).stdout,
+        "attempt 2\n"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json", "--run-id", "x"]).stdout).expect("json");
+    assert_eq!(status["steps"][1]["attempts"], 2);
+    assert_eq!(status["steps"][1]["exit_code"], 3);
+}
+
+#[test]
+fn a_command_that_cannot_start_is_a_failed_attempt() {
+    let env = Env::new();
+    let flow = env.flow("gone", "[[steps]]\nid='a'\nrun='test -f go'\n");
+    let work = env.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let runs = env.runs_dir();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--runs-dir", runs.to_str().expect("utf8")];
+        all.extend_from_slice(args);
+        let out = env.command(&all).current_dir(&work).output().expect("runner");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let flow_abs = env.path().join(&flow);
+    assert_eq!(run(&["run", flow_abs.to_str().expect("utf8"), "--run-id", "g"]).0, Some(1));
+    // The run's working directory disappears: the next attempt cannot even start.
+    std::fs::remove_dir(&work).expect("rmdir");
+    let out = env.run(&["resume", "--run-id", "g"]);
+    out.code(1).stderr_has("cannot start the command");
+    let failed: Vec<_> = env.journal("g").into_iter().filter(|e| e["type"] == "StepFailed").collect();
+    assert_eq!(failed.last().expect("failure")["data"]["reason"], "spawn");
+    env.run(&["verify", "--run-id", "g"]).code(0);
+}
