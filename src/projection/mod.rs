@@ -25,7 +25,11 @@ use crate::state::RunState;
 use crate::store::{LoadError, RunsDir, StoreError, load_run};
 
 pub const PROJECTION_FILE: &str = "projection.sqlite";
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long commands wait for another writer (a rebuild can take seconds).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a live run waits: its steps matter more than its projection, which a later
+/// update catches up.
+pub const LIVE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -48,6 +52,7 @@ pub struct Projection {
     runs: RunsDir,
     /// Inode of the file when opened: if someone deletes or rebuilds it away, reopen.
     ino: u64,
+    busy_timeout: Duration,
 }
 
 /// What a catch-up did.
@@ -61,6 +66,11 @@ impl Projection {
     /// Opens (creating if needed) the projection in the runs directory. An older schema
     /// is rebuilt from the journals.
     pub fn open(runs: &RunsDir) -> Result<Projection, ProjectionError> {
+        Projection::open_with(runs, BUSY_TIMEOUT)
+    }
+
+    /// Like `open`, waiting at most `busy_timeout` whenever another process writes.
+    pub fn open_with(runs: &RunsDir, busy_timeout: Duration) -> Result<Projection, ProjectionError> {
         let path = runs.root().join(PROJECTION_FILE);
         if !path.exists() {
             // A WAL left from a deleted database would be replayed into the new one.
@@ -73,12 +83,12 @@ impl Projection {
         }
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        conn.busy_timeout(busy_timeout).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         // Derived data: a power loss may drop the last commits, which a catch-up redoes.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
         let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-        let mut p = Projection { conn, path, runs: runs.clone(), ino };
+        let mut p = Projection { conn, path, runs: runs.clone(), ino, busy_timeout };
         p.ensure_schema()?;
         Ok(p)
     }
@@ -115,7 +125,7 @@ impl Projection {
     fn reopen_if_replaced(&mut self) -> Result<(), ProjectionError> {
         let current = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
         if current != Some(self.ino) {
-            *self = Projection::open(&self.runs)?;
+            *self = Projection::open_with(&self.runs, self.busy_timeout)?;
         }
         Ok(())
     }
@@ -212,6 +222,12 @@ impl Projection {
             result.removed += 1;
         }
         Ok(result)
+    }
+
+    /// Changes how long this connection waits for other writers.
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), ProjectionError> {
+        self.busy_timeout = timeout;
+        self.conn.busy_timeout(timeout).map_err(|e| self.sql(e))
     }
 
     pub fn connection(&self) -> &Connection {

@@ -31,6 +31,8 @@ use crate::{crashpoint, scheduler};
 
 /// A snapshot is written after this many events, and when the session ends.
 const SNAPSHOT_EVERY: u64 = 1000;
+/// How long a live run leaves the projection alone after an update failed.
+const PROJECTION_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +84,8 @@ pub struct Session {
     state: RunState,
     projection: Option<Projection>,
     projection_warned: bool,
+    /// After a failed update (another process held the database), skip updates until then.
+    projection_pause: Option<Instant>,
     report: Reporter,
     jobs: usize,
     rx: Receiver<Msg>,
@@ -123,6 +127,7 @@ impl Session {
             state,
             projection,
             projection_warned: false,
+            projection_pause: None,
             report,
             jobs: jobs.max(1),
             rx,
@@ -165,6 +170,7 @@ impl Session {
                     }))?;
                     self.commit()?;
                     self.snapshot();
+                    self.settle_projection();
                     return Ok(SessionEnd::Interrupted(signal));
                 }
                 if self.retry_at.is_empty() && scheduler::ready(&self.flow, &self.state).is_empty() {
@@ -200,6 +206,7 @@ impl Session {
         self.record(Event::RunFinished(RunFinished { outcome, failed_steps: failed_steps.clone() }))?;
         self.commit()?;
         self.snapshot();
+        self.settle_projection();
         Ok(match outcome {
             RunOutcome::Succeeded => SessionEnd::Succeeded,
             RunOutcome::Failed => SessionEnd::Failed(failed_steps),
@@ -231,21 +238,47 @@ impl Session {
         for r in &records {
             self.report.event(r, &self.state);
         }
-        if let Some(p) = &mut self.projection
-            && let Err(e) = p.apply(&self.state, &records, self.journal.len())
-            && !self.projection_warned
-        {
-            self.projection_warned = true;
-            self.report.warn(&format!(
-                "projection not updated ({e}); `runner status` will catch up from the journal"
-            ));
-        }
+        self.update_projection(&records, now);
         crashpoint::reached("after-projection");
         self.since_snapshot += records.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY {
             self.snapshot();
         }
         Ok(())
+    }
+
+    /// Mirrors committed events into the projection. Failures cost only lag: the next
+    /// successful update (or any `runner status`) catches up from the journal.
+    fn update_projection(&mut self, records: &[crate::journal::Record], now: Instant) {
+        let Some(p) = &mut self.projection else { return };
+        if self.projection_pause.is_some_and(|until| now < until) {
+            return;
+        }
+        match p.apply(&self.state, records, self.journal.len()) {
+            Ok(()) => self.projection_pause = None,
+            Err(e) => {
+                self.projection_pause = Some(now + PROJECTION_PAUSE);
+                if !self.projection_warned {
+                    self.projection_warned = true;
+                    self.report
+                        .warn(&format!("projection not updated ({e}); it catches up from the journal later"));
+                }
+            }
+        }
+    }
+
+    /// At the end of a session, waits as long as it takes to leave the projection current
+    /// if live updates were skipped.
+    fn settle_projection(&mut self) {
+        let Some(p) = &mut self.projection else { return };
+        if self.projection_pause.is_none() {
+            return;
+        }
+        let result =
+            p.set_busy_timeout(crate::projection::BUSY_TIMEOUT).and_then(|()| p.sync_run(&self.state.run_id));
+        if let Err(e) = result {
+            self.report.warn(&format!("projection not updated ({e}); `runner status` will catch up"));
+        }
     }
 
     /// Writes `state.json` for what is durable. A failure only costs a longer replay.

@@ -15,7 +15,7 @@ use crate::journal::{
     self, Event, InterruptReason, JOURNAL_FILE, JOURNAL_FORMAT, JournalError, JournalRepaired, JournalWriter,
     RunResumed, RunStarted, StepInterrupted,
 };
-use crate::projection::Projection;
+use crate::projection::{LIVE_BUSY_TIMEOUT, Projection};
 use crate::report::{Reporter, Verbosity};
 use crate::state::{RunState, RunStatus, SNAPSHOT_FILE};
 use crate::store::{FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreError, create_run, load_run};
@@ -63,7 +63,7 @@ fn session_info(jobs: usize) -> journal::Session {
 }
 
 fn open_projection(runs: &RunsDir, report: &Reporter) -> Option<Projection> {
-    match Projection::open(runs) {
+    match Projection::open_with(runs, LIVE_BUSY_TIMEOUT) {
         Ok(p) => Some(p),
         Err(e) => {
             report.warn(&format!("cannot open the projection ({e}); the run continues without it"));
