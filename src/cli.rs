@@ -149,7 +149,7 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => code.into(),
         Err(e) if e.is_broken_pipe() => ExitCode::Success.into(),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::report::note(&format!("error: {e}"));
             e.exit_code().into()
         }
     }

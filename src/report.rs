@@ -160,6 +160,18 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// Prints a line (or block) on stdout. Errors matter here: a closed pipe ends the command.
+pub fn print(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", text.trim_end())?;
+    out.flush()
+}
+
+/// Prints a message on stderr for people; a closed stderr is not worth failing over.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Renders rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -3,6 +3,7 @@
 use crate::cli::{Global, ResumeArgs, jobs};
 use crate::error::Error;
 use crate::exit::ExitCode;
+use crate::report::note;
 use crate::session::{Resumed, SessionEnd, SessionOptions, open_existing};
 use crate::state::StepStatus;
 
@@ -23,19 +24,19 @@ pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCod
     match open_existing(&runs, id, opts)? {
         Resumed::Done => {
             if !g.quiet {
-                eprintln!("run {id} already succeeded; nothing to do");
+                note(&format!("run {id} already succeeded; nothing to do"));
             }
             Ok(ExitCode::Success)
         }
         Resumed::Ready(session) => {
             let s = session.state();
             if !g.quiet {
-                eprintln!(
+                note(&format!(
                     "run {id} resumed (session {}): {} of {} steps already succeeded",
                     s.sessions,
                     s.count(StepStatus::Succeeded),
                     s.steps.len()
-                );
+                ));
             }
             Ok(exit_for(session.drive()?))
         }

@@ -7,6 +7,7 @@ use crate::commands::resume::{exit_for, resume_run};
 use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::flow::{Flow, FlowError, FlowErrorKind, parse_param_args};
+use crate::report::note;
 use crate::session::{SessionOptions, start_new};
 use crate::store::{RunsDir, generate_run_id, read_run_started, validate_run_id};
 
@@ -36,7 +37,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
                 // The id alone on stdout, first, so scripts can capture it: ID=$(runner run …)
                 let _ = writeln!(std::io::stdout(), "{id}");
                 if !g.quiet {
-                    eprintln!("run {id} started: {} ({} steps)", args.flow.display(), flow.steps.len());
+                    note(&format!("run {id} started: {} ({} steps)", args.flow.display(), flow.steps.len()));
                 }
                 return Ok(exit_for(session.drive()?));
             }
@@ -76,11 +77,11 @@ fn same_run(runs: &RunsDir, id: &str, flow: &Flow, given: &[(String, String)]) -
         }
     }
     if started.flow_hash != flow.hash {
-        eprintln!(
+        note(&format!(
             "warning: {} changed since run {id} started; the run continues with its own copy ({})",
             flow.path.display(),
             runs.run_dir(id).join(crate::store::FLOW_COPY).display()
-        );
+        ));
     }
     Ok(())
 }

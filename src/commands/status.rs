@@ -1,7 +1,5 @@
 //! `runner status`: the runs, or one run's steps, from the projection (caught up first).
 
-use std::io::Write;
-
 use rusqlite::{OptionalExtension, Row};
 use serde_json::json;
 
@@ -103,8 +101,7 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
 }
 
 fn print(text: &str) -> Result<ExitCode, Error> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", text.trim_end()).map_err(io_at("stdout"))?;
+    crate::report::print(text).map_err(io_at("stdout"))?;
     Ok(ExitCode::Success)
 }
 

@@ -3,9 +3,10 @@
 use serde_json::json;
 
 use crate::cli::{Global, ValidateArgs};
-use crate::error::Error;
+use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::flow::Flow;
+use crate::report::{note, print};
 
 pub fn validate(g: &Global, args: ValidateArgs) -> Result<ExitCode, Error> {
     let mut failed = false;
@@ -14,21 +15,22 @@ pub fn validate(g: &Global, args: ValidateArgs) -> Result<ExitCode, Error> {
         match Flow::load(path) {
             Ok(flow) => {
                 if !g.json && !g.quiet {
-                    println!("{}: ok ({} steps)", path.display(), flow.steps.len());
+                    print(&format!("{}: ok ({} steps)", path.display(), flow.steps.len()))
+                        .map_err(io_at("stdout"))?;
                 }
                 report.push(json!({"flow": path, "ok": true, "steps": flow.steps.len()}));
             }
             Err(e) => {
                 failed = true;
                 if !g.json {
-                    eprintln!("error: {e}");
+                    note(&format!("error: {e}"));
                 }
                 report.push(json!({"flow": path, "ok": false, "error": e.to_string()}));
             }
         }
     }
     if g.json {
-        println!("{}", serde_json::Value::Array(report));
+        print(&serde_json::Value::Array(report).to_string()).map_err(io_at("stdout"))?;
     }
     Ok(if failed { ExitCode::Usage } else { ExitCode::Success })
 }

@@ -3,9 +3,10 @@
 use serde_json::json;
 
 use crate::cli::{Global, VerifyArgs};
-use crate::error::Error;
+use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::journal::{self, JOURNAL_FILE, JournalError};
+use crate::report::{note, print};
 use crate::state::{RunState, SNAPSHOT_FILE, load_snapshot};
 use crate::store::{FLOW_COPY, LoadError, load_run};
 
@@ -52,21 +53,19 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
     }
 
     if g.json {
-        println!(
-            "{}",
-            json!({"run_id": args.run_id, "ok": problems.is_empty(), "problems": problems, "warnings": warnings})
-        );
+        let v = json!({"run_id": args.run_id, "ok": problems.is_empty(), "problems": problems, "warnings": warnings});
+        print(&v.to_string()).map_err(io_at("stdout"))?;
     } else {
         if !g.quiet {
             for n in &notes {
-                println!("ok: {n}");
+                print(&format!("ok: {n}")).map_err(io_at("stdout"))?;
             }
         }
         for w in &warnings {
-            eprintln!("warning: {w}");
+            note(&format!("warning: {w}"));
         }
         for p in &problems {
-            eprintln!("damaged: {p}");
+            note(&format!("damaged: {p}"));
         }
     }
     Ok(if problems.is_empty() { ExitCode::Success } else { ExitCode::Failed })
