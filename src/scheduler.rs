@@ -52,10 +52,10 @@ mod tests {
 
     fn setup(flow: &str) -> (Flow, RunState) {
         let flow = Flow::from_bytes(Path::new("f.toml"), flow.as_bytes()).expect("valid");
-        let rec = Record {
-            seq: 1,
-            ts: "t".into(),
-            event: Event::RunStarted(RunStarted {
+        let rec = Record::new(
+            1,
+            "t".into(),
+            Event::RunStarted(RunStarted {
                 run_id: "r".into(),
                 flow: "f".into(),
                 flow_path: "f.toml".into(),
@@ -72,7 +72,7 @@ mod tests {
                     runner_version: "v".into(),
                 },
             }),
-        };
+        );
         let state = RunState::from_first(&rec).expect("fold");
         (flow, state)
     }

@@ -45,6 +45,15 @@ pub struct Record {
     /// RFC 3339 UTC with milliseconds, exactly as written.
     pub ts: String,
     pub event: Event,
+    /// The `data` object exactly as the line holds it (the projection stores this text).
+    pub data: String,
+}
+
+impl Record {
+    pub fn new(seq: u64, ts: String, event: Event) -> Record {
+        let data = event.data_json();
+        Record { seq, ts, event, data }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +86,7 @@ fn checksum(covered: &[u8]) -> String {
 }
 
 /// Serialises one line (with its newline) and returns it with its checksum.
-fn encode(seq: u64, ts: &str, event: &Event, prev: &str) -> (Vec<u8>, String) {
-    let data = event.data_json();
+fn encode(seq: u64, ts: &str, event: &Event, data: &str, prev: &str) -> (Vec<u8>, String) {
     let ts = serde_json::to_string(ts).unwrap_or_else(|_| "\"\"".into());
     let mut line = format!(
         "{{\"seq\":{seq},\"ts\":{ts},\"type\":\"{}\",\"data\":{data},\"prev\":\"{prev}\"",
@@ -104,7 +112,7 @@ mod tests {
     #[test]
     fn encoded_lines_have_the_fixed_tail() {
         let e = Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into() });
-        let (line, sum) = encode(7, "2026-01-01T00:00:00.000Z", &e, ZERO_SUM);
+        let (line, sum) = encode(7, "2026-01-01T00:00:00.000Z", &e, &e.data_json(), ZERO_SUM);
         let text = std::str::from_utf8(&line).expect("utf8");
         assert!(
             text.starts_with("{\"seq\":7,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"RunInterrupted\"")

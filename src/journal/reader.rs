@@ -109,7 +109,7 @@ pub fn scan_bytes(path: &Path, bytes: &[u8], parse_after: u64) -> Result<Scan, J
                 return Err(corrupt(line_no, "sequence number does not match".into()));
             }
             let event = Event::from_parts(raw.kind, raw.data.get()).map_err(|e| corrupt(line_no, e))?;
-            scan.records.push(Record { seq, ts: raw.ts, event });
+            scan.records.push(Record { seq, ts: raw.ts, event, data: raw.data.get().to_string() });
         }
         if seq == parse_after {
             scan.boundary_sum = Some(sum.to_string());
@@ -191,7 +191,7 @@ mod tests {
         let mut prev = ZERO_SUM.to_string();
         for seq in 1..=n {
             let e = Event::RunInterrupted(RunInterrupted { signal: format!("SIG{seq}") });
-            let (line, sum) = encode(seq, "2026-01-01T00:00:00.000Z", &e, &prev);
+            let (line, sum) = encode(seq, "2026-01-01T00:00:00.000Z", &e, &e.data_json(), &prev);
             out.extend_from_slice(&line);
             prev = sum;
         }

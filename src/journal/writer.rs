@@ -73,11 +73,11 @@ impl JournalWriter {
     /// Adds an event to the next commit and returns it with its sequence number and time.
     /// Nothing may act on it until `commit` returns.
     pub fn stage(&mut self, event: Event) -> &Record {
-        let ts = now_ts();
-        let (line, sum) = encode(self.next_seq, &ts, &event, &self.last_sum);
+        let record = Record::new(self.next_seq, now_ts(), event);
+        let (line, sum) = encode(record.seq, &record.ts, &record.event, &record.data, &self.last_sum);
         self.buf.extend_from_slice(&line);
         self.last_sum = sum;
-        self.staged.push(Record { seq: self.next_seq, ts, event });
+        self.staged.push(record);
         self.next_seq += 1;
         self.staged.last().unwrap_or_else(|| unreachable!("just pushed"))
     }

@@ -6,8 +6,8 @@
 //! several runners may be writing the projection at any time. In one transaction a crash
 //! leaves the old contents intact, readers keep seeing the old contents until the commit,
 //! and live runners simply wait for the write lock (or skip an update and catch up).
-//! Speed comes from loading the tables without secondary indexes, creating those at the
-//! end, and a large page cache so pages are written once.
+//! Speed comes from reading and checking journals on a second thread while this one
+//! writes, loading the tables without secondary indexes and creating those at the end.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -18,6 +18,11 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::rows::{self, DROP, INDEXES, SCHEMA_VERSION, TABLES};
 use super::{BUSY_TIMEOUT, PROJECTION_FILE, ProjectionError};
 use crate::store::{RunsDir, load_run};
+
+/// Page cache during a rebuild: more does not help once the database outgrows it.
+const REBUILD_CACHE_KIB: i64 = 16 * 1024;
+/// Runs read ahead of the writer; each holds its parsed events in memory.
+const READ_AHEAD: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct RebuildStats {
@@ -32,10 +37,7 @@ pub struct RebuildStats {
 pub fn rebuild(runs: &RunsDir, show_progress: bool) -> Result<RebuildStats, ProjectionError> {
     let path = runs.root().join(PROJECTION_FILE);
     let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
-    let mut conn = Connection::open(&path).map_err(sql)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+    let mut conn = super::connect(&path, BUSY_TIMEOUT).map_err(sql)?;
     let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -65,8 +67,7 @@ pub(super) fn rebuild_into(
 ) -> Result<RebuildStats, ProjectionError> {
     let start = Instant::now();
     let sql = |source| ProjectionError::Sqlite { path: runs.root().join(PROJECTION_FILE), source };
-    // Enough cache that pages are written once, at commit.
-    conn.pragma_update(None, "cache_size", -262_144).map_err(sql)?;
+    conn.pragma_update(None, "cache_size", -REBUILD_CACHE_KIB).map_err(sql)?;
     let ids = runs.list()?;
     if let Some(bar) = bar {
         bar.set_length(ids.len() as u64);
@@ -75,20 +76,33 @@ pub(super) fn rebuild_into(
     tx.execute_batch(DROP).map_err(sql)?;
     tx.execute_batch(TABLES).map_err(sql)?;
     let mut stats = RebuildStats::default();
-    for id in &ids {
-        match load_run(&runs.run_dir(id), false, 0) {
-            Ok(loaded) => {
-                rows::write_run(&tx, &loaded.state, &loaded.records, loaded.valid_len).map_err(sql)?;
-                stats.runs += 1;
-                stats.events += loaded.records.len() as u64;
+    std::thread::scope(|scope| -> Result<(), ProjectionError> {
+        // Reading, checking and folding journals overlaps with writing the rows.
+        let (send, loaded_runs) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let ids = &ids;
+        scope.spawn(move || {
+            for id in ids {
+                if send.send((id, load_run(&runs.run_dir(id), false, 0))).is_err() {
+                    break;
+                }
             }
-            Err(e) => stats.skipped.push((id.clone(), e.to_string())),
+        });
+        for (id, loaded) in loaded_runs {
+            match loaded {
+                Ok(loaded) => {
+                    rows::write_run(&tx, &loaded.state, &loaded.records, loaded.valid_len).map_err(sql)?;
+                    stats.runs += 1;
+                    stats.events += loaded.records.len() as u64;
+                }
+                Err(e) => stats.skipped.push((id.clone(), e.to_string())),
+            }
+            if let Some(bar) = bar {
+                bar.inc(1);
+                bar.set_message(stats.events.to_string());
+            }
         }
-        if let Some(bar) = bar {
-            bar.inc(1);
-            bar.set_message(stats.events.to_string());
-        }
-    }
+        Ok(())
+    })?;
     tx.execute_batch(INDEXES).map_err(sql)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
     tx.commit().map_err(sql)?;

@@ -68,12 +68,12 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 ";
 
-/// Secondary indexes, created after a bulk load.
+/// Secondary indexes, created after a bulk load. Per-run queries use the primary keys;
+/// indexes over events or attempts would cost a rebuild a sixth of its time for queries
+/// that a scan answers well enough.
 pub const INDEXES: &str = "
 CREATE INDEX runs_by_start ON runs (started_at, run_id);
 CREATE INDEX runs_by_flow ON runs (flow, started_at);
-CREATE INDEX events_by_type ON events (type, ts);
-CREATE INDEX attempts_by_status ON attempts (status);
 ";
 
 pub const DROP: &str = "
@@ -96,14 +96,7 @@ pub fn insert_events(conn: &Connection, run_id: &str, records: &[Record]) -> rus
         "INSERT INTO events (run_id, seq, ts, type, step_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for r in records {
-        stmt.execute(params![
-            run_id,
-            r.seq as i64,
-            r.ts,
-            r.event.kind(),
-            r.event.step(),
-            r.event.data_json()
-        ])?;
+        stmt.execute(params![run_id, r.seq as i64, r.ts, r.event.kind(), r.event.step(), r.data])?;
     }
     Ok(())
 }

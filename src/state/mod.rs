@@ -434,7 +434,7 @@ mod tests {
         events
             .into_iter()
             .enumerate()
-            .map(|(i, event)| Record { seq: i as u64 + 1, ts: format!("t{}", i + 1), event })
+            .map(|(i, event)| Record::new(i as u64 + 1, format!("t{}", i + 1), event))
             .collect()
     }
 
