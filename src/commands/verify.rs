@@ -84,7 +84,10 @@ fn check_snapshot(
         Ok(None) => return notes.push(format!("{}: none (resume folds the whole journal)", path.display())),
         Err(why) => return warnings.push(format!("{why}; resume ignores it")),
     };
-    let boundary = journal::scan(&dir.join(JOURNAL_FILE), snap.seq).ok().and_then(|s| s.boundary_sum);
+    let boundary = std::fs::read(dir.join(JOURNAL_FILE))
+        .ok()
+        .and_then(|b| journal::scan_bytes_with(&dir.join(JOURNAL_FILE), &b, u64::MAX, snap.seq).ok())
+        .and_then(|s| s.boundary_sum);
     if snap.seq > l.last_seq || boundary.as_deref() != Some(snap.sum.as_str()) {
         return warnings.push(format!(
             "{}: covers event {} but does not match the journal; resume ignores it",

@@ -24,7 +24,8 @@ pub struct Scan {
     /// Byte length of the intact lines.
     pub valid_len: u64,
     pub torn: Option<TornTail>,
-    /// Checksum of line `parse_after`, if the journal reaches it (to validate a snapshot).
+    /// Checksum of the line asked for with `sum_at`, if the journal reaches it (to check
+    /// that a snapshot belongs to this journal).
     pub boundary_sum: Option<String>,
 }
 
@@ -57,6 +58,16 @@ pub fn scan(path: &Path, parse_after: u64) -> Result<Scan, JournalError> {
 /// Checks every line and parses those with `seq > parse_after` (lines a snapshot already
 /// covers need only their checksums checked).
 pub fn scan_bytes(path: &Path, bytes: &[u8], parse_after: u64) -> Result<Scan, JournalError> {
+    scan_bytes_with(path, bytes, parse_after, parse_after)
+}
+
+/// Like [`scan_bytes`], also keeping the checksum of line `sum_at` in `boundary_sum`.
+pub fn scan_bytes_with(
+    path: &Path,
+    bytes: &[u8],
+    parse_after: u64,
+    sum_at: u64,
+) -> Result<Scan, JournalError> {
     let corrupt =
         |line: u64, reason: String| JournalError::Corrupt { path: path.to_path_buf(), line, reason };
     let mut scan = Scan {
@@ -111,7 +122,7 @@ pub fn scan_bytes(path: &Path, bytes: &[u8], parse_after: u64) -> Result<Scan, J
             let event = Event::from_parts(raw.kind, raw.data.get()).map_err(|e| corrupt(line_no, e))?;
             scan.records.push(Record { seq, ts: raw.ts, event, data: raw.data.get().to_string() });
         }
-        if seq == parse_after {
+        if seq == sum_at {
             scan.boundary_sum = Some(sum.to_string());
         }
         scan.last_seq = seq;

@@ -99,6 +99,27 @@ pub struct Attempt {
     pub duration_ms: Option<u64>,
 }
 
+impl Attempt {
+    /// An attempt that began at `ts` and has no result yet.
+    fn begin(visit: u32, attempt: u32, ts: &str) -> Attempt {
+        Attempt {
+            visit,
+            attempt,
+            status: AttemptStatus::Running,
+            pid: None,
+            proc_start: None,
+            boot_id: None,
+            started_at: Some(ts.to_string()),
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            message: None,
+            duration_ms: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub id: String,
@@ -271,19 +292,10 @@ impl RunState {
                 }
                 expect_next_attempt(record, step, e.attempt)?;
                 step.attempts.push(Attempt {
-                    visit: e.visit,
-                    attempt: e.attempt,
-                    status: AttemptStatus::Running,
                     pid: Some(e.pid),
                     proc_start: Some(e.proc_start),
                     boot_id: Some(boot_id),
-                    started_at: Some(ts.clone()),
-                    finished_at: None,
-                    exit_code: None,
-                    signal: None,
-                    reason: None,
-                    message: None,
-                    duration_ms: None,
+                    ..Attempt::begin(e.visit, e.attempt, ts)
                 });
                 step.status = StepStatus::Running;
                 step.session_attempts += 1;
@@ -305,21 +317,7 @@ impl RunState {
                     && step.attempts.last().is_none_or(|a| a.attempt != e.attempt)
                 {
                     expect_next_attempt(record, step, e.attempt)?;
-                    step.attempts.push(Attempt {
-                        visit: e.visit,
-                        attempt: e.attempt,
-                        status: AttemptStatus::Running,
-                        pid: None,
-                        proc_start: None,
-                        boot_id: None,
-                        started_at: Some(ts.clone()),
-                        finished_at: None,
-                        exit_code: None,
-                        signal: None,
-                        reason: None,
-                        message: None,
-                        duration_ms: None,
-                    });
+                    step.attempts.push(Attempt::begin(e.visit, e.attempt, ts));
                     step.session_attempts += 1;
                 }
                 let a = running_attempt(record, step, e.attempt)?;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::journal::{self, JOURNAL_FILE, JournalError, Record, TornTail};
+use crate::journal::{self, JOURNAL_FILE, JournalError, Record, Scan, TornTail};
 use crate::state::{FoldError, RunState, load_snapshot};
 
 /// How the snapshot took part in a load.
@@ -63,29 +63,13 @@ pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Resul
     };
 
     if let Some(snap) = snapshot {
-        let parse_after = snap.seq.min(records_after);
-        let scan = journal::scan_bytes(&path, &bytes, parse_after)?;
-        let boundary = if parse_after == snap.seq {
-            scan.boundary_sum.clone()
-        } else {
-            // Records before the snapshot were asked for: find its line among them.
-            checksum_of_line(&bytes, snap.seq)
-        };
-        if snap.seq <= scan.last_seq && boundary.as_deref() == Some(snap.sum.as_str()) {
+        let scan = journal::scan_bytes_with(&path, &bytes, snap.seq.min(records_after), snap.seq)?;
+        if snap.seq <= scan.last_seq && scan.boundary_sum.as_deref() == Some(snap.sum.as_str()) {
             let mut state = snap.state;
             for r in scan.records.iter().filter(|r| r.seq > snap.seq) {
                 state.apply(r).map_err(fold_err)?;
             }
-            let records = scan.records.into_iter().filter(|r| r.seq > records_after).collect();
-            return Ok(Loaded {
-                state,
-                records,
-                last_seq: scan.last_seq,
-                last_sum: scan.last_sum,
-                valid_len: scan.valid_len,
-                torn: scan.torn,
-                snapshot: SnapshotUse::Used(snap.seq),
-            });
+            return Ok(loaded(scan, state, records_after, SnapshotUse::Used(snap.seq)));
         }
         snapshot_use = SnapshotUse::Ignored(format!(
             "state.json covers event {} but does not match the journal",
@@ -95,21 +79,17 @@ pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Resul
 
     let scan = journal::scan_bytes(&path, &bytes, 0)?;
     let state = RunState::fold_all(&scan.records).map_err(fold_err)?;
-    let records = scan.records.into_iter().filter(|r| r.seq > records_after).collect();
-    Ok(Loaded {
+    Ok(loaded(scan, state, records_after, snapshot_use))
+}
+
+fn loaded(scan: Scan, state: RunState, records_after: u64, snapshot: SnapshotUse) -> Loaded {
+    Loaded {
         state,
-        records,
+        records: scan.records.into_iter().filter(|r| r.seq > records_after).collect(),
         last_seq: scan.last_seq,
         last_sum: scan.last_sum,
         valid_len: scan.valid_len,
         torn: scan.torn,
-        snapshot: snapshot_use,
-    })
-}
-
-/// The `sum` field of line `seq` (1-based), read positionally; lines are checked elsewhere.
-fn checksum_of_line(bytes: &[u8], seq: u64) -> Option<String> {
-    let line = bytes.split(|&b| b == b'\n').nth(usize::try_from(seq).ok()?.checked_sub(1)?)?;
-    let sum = line.get(line.len().checked_sub(34)?..line.len() - 2)?;
-    String::from_utf8(sum.to_vec()).ok()
+        snapshot,
+    }
 }
