@@ -150,3 +150,27 @@ fn every_example_flow_is_valid() {
     }
     assert!(count > 0, "no example flows in {}", root.display());
 }
+
+#[test]
+fn jobs_bounds_how_many_steps_run_at_once() {
+    // Each step waits (up to 1.5 s) for the other to have started: only possible in parallel.
+    let meet = r#"
+[[steps]]
+id = "a"
+needs = []
+run = 'touch a.started; for i in $(seq 30); do [ -f b.started ] && exit 0; sleep 0.05; done; exit 1'
+[[steps]]
+id = "b"
+needs = []
+run = 'touch b.started; for i in $(seq 30); do [ -f a.started ] && exit 0; sleep 0.05; done; exit 1'
+"#;
+    let env = Env::new();
+    let flow = env.flow("meet", meet);
+    env.run(&["run", &flow, "--jobs", "2"]).code(0);
+    let env = Env::new();
+    let flow = env.flow("meet", meet);
+    let out = env.run(&["run", &flow, "--jobs", "1", "--run-id", "serial"]);
+    out.code(1);
+    let starts = env.journal("serial").iter().filter(|e| e["type"] == "StepStarted").count();
+    assert_eq!(starts, 1, "with --jobs 1 the second step must not start while the first runs");
+}
