@@ -89,6 +89,7 @@ fn session_code(e: &SessionError) -> ExitCode {
     match e {
         SessionError::Journal(e) => journal_code(e),
         SessionError::Internal(_) | SessionError::Setup(_) => ExitCode::Internal,
+        SessionError::LeftoversSurvived { .. } => ExitCode::Locked,
     }
 }
 

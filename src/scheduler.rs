@@ -4,21 +4,21 @@ use crate::flow::Flow;
 use crate::journal::RunOutcome;
 use crate::state::{RunState, StepStatus};
 
-/// Steps that may start now, in file order: not yet succeeded or running, every need
-/// succeeded, and no step has failed for good in this session (a failure stops new
-/// starts; running steps finish). The caller applies `--jobs` and retry delays.
+/// Steps that may start now, in file order: not yet succeeded or running, and every need
+/// succeeded. Once a step has failed for good no new step starts; steps already under way
+/// finish, and that includes one waiting to retry. The caller applies `--jobs` and retry
+/// delays.
 pub fn ready(flow: &Flow, state: &RunState) -> Vec<usize> {
-    if has_failed(state) {
-        return Vec::new();
-    }
+    let failed = has_failed(state);
     flow.steps
         .iter()
         .enumerate()
         .filter(|(i, step)| {
-            let waiting = matches!(
-                state.steps[*i].status,
-                StepStatus::Pending | StepStatus::Interrupted | StepStatus::Retrying
-            );
+            let waiting = match state.steps[*i].status {
+                StepStatus::Retrying => true,
+                StepStatus::Pending | StepStatus::Interrupted => !failed,
+                _ => false,
+            };
             waiting && step.needs.iter().all(|&n| state.steps[n].status == StepStatus::Succeeded)
         })
         .map(|(i, _)| i)
@@ -99,13 +99,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_stops_new_starts() {
+    fn a_failure_stops_new_starts_but_not_retries_under_way() {
         let (flow, mut state) = setup(DIAMOND);
         state.steps[0].status = StepStatus::Succeeded;
         state.steps[1].status = StepStatus::Failed;
         assert!(ready(&flow, &state).is_empty());
+        state.steps[2].status = StepStatus::Retrying;
+        assert_eq!(ready(&flow, &state), vec![2]);
+        state.steps[2].status = StepStatus::Failed;
         assert_eq!(outcome(&state), RunOutcome::Failed);
-        assert_eq!(failed_steps(&state), vec!["b"]);
+        assert_eq!(failed_steps(&state), vec!["b", "c"]);
     }
 
     #[test]

@@ -5,36 +5,100 @@ pub mod procfs;
 mod reaper;
 mod signals;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 pub use process::{GATE_CLOSED_EXIT, Gated, SpawnSpec, signal_group, spawn_gated};
 pub use reaper::{Exit, Reaper};
 pub use signals::forward_signals;
 
-/// Stops what is left of an attempt whose runner died: SIGTERM to its group, SIGKILL after
-/// `grace`. Returns whether anything of it was still alive. Such processes are no longer
-/// our children, so their end is observed through /proc.
-pub fn stop_leftover(pid: i32, proc_start: u64, grace: Duration) -> bool {
-    if !procfs::attempt_alive(pid, proc_start) {
-        return false;
+/// Stops every process left behind by a dead runner's attempts of run `run_id`: the
+/// process groups recorded in the journal (`(step, pid, start time)`), and any process
+/// that carries the run's `RUNNER_RUN_ID`, which catches those that left their group.
+/// SIGTERM, then SIGKILL after `grace`. Returns the steps that still had processes, or the
+/// pids that even SIGKILL did not end (the caller must not start new attempts then).
+pub fn stop_leftovers(
+    run_id: &str,
+    attempts: &[(String, i32, u64)],
+    grace: Duration,
+) -> Result<HashSet<String>, Vec<i32>> {
+    let mut steps = HashSet::new();
+    let mut groups = Vec::new();
+    for (step, pid, start) in attempts {
+        if procfs::attempt_alive(*pid, *start) {
+            steps.insert(step.clone());
+            groups.push(*pid);
+        }
     }
-    signal_group(pid, Signal::SIGTERM);
-    if !wait_gone(pid, grace) {
-        signal_group(pid, Signal::SIGKILL);
-        wait_gone(pid, Duration::from_secs(10));
+    let strays = procfs::with_env("RUNNER_RUN_ID", run_id);
+    for pid in &strays {
+        if let Some(step) = procfs::env_var(*pid, "RUNNER_STEP_ID") {
+            steps.insert(step);
+        }
     }
-    true
+    let alive = || {
+        groups.iter().any(|g| procfs::group_alive(*g))
+            || strays.iter().any(|p| procfs::stat(*p).is_some_and(|s| s.is_alive()))
+    };
+    let send = |sig: Signal| {
+        for g in &groups {
+            signal_group(*g, sig);
+        }
+        for p in &strays {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), sig);
+        }
+    };
+    if !alive() {
+        return Ok(steps);
+    }
+    send(Signal::SIGTERM);
+    if !wait_until(grace, || !alive()) {
+        send(Signal::SIGKILL);
+        if !wait_until(KILL_WAIT, || !alive()) {
+            let mut left: Vec<i32> = strays.clone();
+            left.extend(groups.iter().filter(|g| procfs::group_alive(**g)));
+            return Err(left);
+        }
+    }
+    Ok(steps)
 }
 
-fn wait_gone(pgid: i32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+/// Stops this process's remaining children: at the end of a session, anything a step
+/// detached from its process group (and that was orphaned to this subreaper). Returns
+/// how many there were.
+pub fn stop_orphans(grace: Duration) -> usize {
+    let me = std::process::id() as i32;
+    let orphans = procfs::live_children(me);
+    if orphans.is_empty() {
+        return 0;
+    }
+    let send = |sig: Signal| {
+        for p in &orphans {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), sig);
+        }
+    };
+    let gone = || procfs::live_children(me).iter().all(|p| !orphans.contains(p));
+    send(Signal::SIGTERM);
+    if !wait_until(grace, gone) {
+        send(Signal::SIGKILL);
+        wait_until(KILL_WAIT, gone);
+    }
+    orphans.len()
+}
+
+/// After SIGKILL, how long to wait for processes to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now().checked_add(limit);
     loop {
-        if !procfs::group_alive(pgid) {
+        if done() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));

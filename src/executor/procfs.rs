@@ -4,6 +4,7 @@
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcStat {
     pub state: char,
+    pub ppid: i32,
     pub pgrp: i32,
     pub start_time: u64,
 }
@@ -26,6 +27,7 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -35,14 +37,38 @@ pub fn start_time(pid: i32) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
-/// Whether any live (non-zombie) process is in process group `pgid`.
-pub fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
-    entries
+/// Every process on the machine with its stat fields.
+fn processes() -> impl Iterator<Item = (i32, ProcStat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter_map(stat)
-        .any(|s| s.pgrp == pgid && s.is_alive())
+        .filter_map(|pid| stat(pid).map(|s| (pid, s)))
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    processes().any(|(_, s)| s.pgrp == pgid && s.is_alive())
+}
+
+/// Live children of process `parent` (for a subreaper: whatever was orphaned to it).
+pub fn live_children(parent: i32) -> Vec<i32> {
+    processes().filter(|(_, s)| s.ppid == parent && s.is_alive()).map(|(pid, _)| pid).collect()
+}
+
+/// Live processes whose environment has `key=value`: every process a step started
+/// inherits `RUNNER_RUN_ID`, even if it left the step's process group.
+pub fn with_env(key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    processes()
+        .filter(|(_, s)| s.is_alive())
+        .filter(|(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Whether process group `pgid`, led by `pid` started at `start`, may still have members
@@ -57,6 +83,15 @@ pub fn attempt_alive(pid: i32, start: u64) -> bool {
         Some(s) if s.is_alive() && s.pgrp == pid => true,
         _ => group_alive(pid),
     }
+}
+
+/// The value of `key` in a process's environment (as it was when the process started).
+pub fn env_var(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// This boot's id; a pid recorded under another boot cannot be alive.
@@ -74,7 +109,7 @@ mod tests {
     fn parses_stat_with_odd_command_names() {
         let line = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let s = parse_stat(line).expect("parses");
-        assert_eq!(s, ProcStat { state: 'S', pgrp: 4242, start_time: 987654 });
+        assert_eq!(s, ProcStat { state: 'S', ppid: 1, pgrp: 4242, start_time: 987654 });
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// Upper bound for one retry delay, whatever the doubling reaches.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_STEP_ID_LEN: usize = 64;
+/// Longest duration a flow may ask for; anything longer is a typo, not a plan.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A validated flow.
 #[derive(Clone, Debug)]
@@ -264,18 +266,23 @@ fn duration(
             FlowErrorKind::Duration { field: field.into(), value: text.clone(), reason },
         )
     };
-    let parsed: jiff::SignedDuration = text.trim().parse().map_err(|e: jiff::Error| {
-        // jiff's messages are precise but long; keep the part after the format name.
+    // jiff's messages are precise but long; keep the part after the format name.
+    let short = |e: jiff::Error| {
         let msg = e.to_string();
-        let short = msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest);
-        err(short.to_string())
-    })?;
+        err(msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest).to_string())
+    };
+    // A span, so that "2 days" and "1w" work too, with days of 24 hours.
+    let span: jiff::Span = text.trim().parse().map_err(short)?;
+    let parsed = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(short)?;
     if parsed.is_negative() {
         return Err(err("it is negative".into()));
     }
     let d = Duration::try_from(parsed).map_err(|e| err(e.to_string()))?;
     if d.is_zero() && !zero_ok {
         return Err(err("it must be longer than zero".into()));
+    }
+    if d > MAX_DURATION {
+        return Err(err("it is longer than 366 days".into()));
     }
     Ok(d)
 }
@@ -392,7 +399,7 @@ N = 3
 id = "fetch"
 run = "echo hi"
 timeout = "1h 30m"
-retries = { attempts = 2, backoff = "5s" }
+retries = { attempts = 2, backoff = "1.5s" }
 grace = "0s"
 env = { K = "v" }
 description = "x"
@@ -401,6 +408,7 @@ id = "build"
 run = "make"
 needs = ["fetch"]
 retries = 3
+timeout = "2 days"
 "#,
         )
         .expect("valid");
@@ -409,8 +417,9 @@ retries = 3
         assert_eq!(f.env["N"], "3");
         let s = &f.steps[0];
         assert_eq!(s.timeout, Some(Duration::from_secs(5400)));
-        assert_eq!((s.retries, s.backoff, s.grace), (2, Duration::from_secs(5), Duration::ZERO));
+        assert_eq!((s.retries, s.backoff, s.grace), (2, Duration::from_millis(1500), Duration::ZERO));
         assert_eq!(f.steps[1].retries, 3);
+        assert_eq!(f.steps[1].timeout, Some(Duration::from_secs(2 * 86400)));
         assert_eq!(f.steps[1].backoff, DEFAULT_BACKOFF);
     }
 
@@ -470,6 +479,9 @@ retries = 3
         assert!(e.starts_with("t.toml:4:9: `timeout` = \"10 parsecs\" is not a valid duration"), "{e}");
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='-1s'\n").contains("negative"));
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='0s'\n").contains("longer than zero"));
+        assert!(err("[[steps]]\nid='a'\nrun='x'\ngrace='9223372036854775807s'\n").contains("not a valid duration"));
+        assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='367 days'\n").contains("366 days"));
+        assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='1 month'\n").contains("not a valid duration"));
         assert!(err("[[steps]]\nid='a'\nrun='x'\nretries=-1\n").contains("extra attempts"));
         assert!(err("[[steps]]\nid='a'\nrun='   '\n").contains("empty `run`"));
         assert!(

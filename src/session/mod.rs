@@ -6,10 +6,11 @@
 //! the projection; then wait for the next exit, signal or timer. Events are folded into
 //! the state as they are staged, but nothing acts on them until the commit returns.
 
+mod attempts;
 mod open;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -17,16 +18,15 @@ use nix::sys::signal::Signal;
 
 pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
-use crate::executor::{self, Exit, Gated, Reaper, SpawnSpec};
-use crate::flow::{Flow, param_env_name};
-use crate::journal::{
-    Event, FailReason, InterruptReason, JournalError, JournalWriter, RunFinished, RunInterrupted, RunOutcome,
-    StepFailed, StepInterrupted, StepStarted, StepSucceeded,
-};
+use attempts::{Running, checked_after};
+
+use crate::executor::{self, Exit, Gated, Reaper};
+use crate::flow::Flow;
+use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
 use crate::projection::Projection;
-use crate::report::{Reporter, human};
+use crate::report::Reporter;
 use crate::state::{RunState, write_snapshot};
-use crate::store::{RunLock, STEPS_DIR};
+use crate::store::RunLock;
 use crate::{crashpoint, scheduler};
 
 /// A snapshot is written after this many events, and when the session ends.
@@ -50,24 +50,17 @@ pub enum SessionError {
     Internal(String),
     #[error("cannot start the runner's helper threads: {0}")]
     Setup(std::io::Error),
+    #[error(
+        "processes of an earlier attempt of this run survived SIGKILL (pids {}); no new attempt \
+         starts while they live. Find out what holds them (uninterruptible I/O?) and resume again",
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    LeftoversSurvived { pids: Vec<i32> },
 }
 
 enum Msg {
     Exit(i32, Exit),
     Signal(Signal),
-}
-
-/// An attempt whose process exists.
-struct Running {
-    step: usize,
-    attempt: u32,
-    /// Set when the gate opens.
-    started: Option<Instant>,
-    deadline: Option<Instant>,
-    kill_at: Option<Instant>,
-    timed_out: bool,
-    /// Stopped because the runner was asked to stop.
-    interrupted: bool,
 }
 
 /// A graceful stop in progress.
@@ -145,18 +138,18 @@ impl Session {
     }
 
     /// Runs until the run succeeds, fails, or is interrupted.
+    /// On an error nothing more can be journaled; dropping the session then kills the
+    /// steps still running rather than orphaning them.
     pub fn drive(mut self) -> Result<SessionEnd, SessionError> {
-        let result = self.drive_inner();
-        if result.is_err() {
-            // Nothing more can be journaled; stop the children rather than orphan them.
-            for pid in self.running.keys() {
-                executor::signal_group(*pid, Signal::SIGKILL);
-            }
-        }
-        result
+        self.drive_inner()
     }
 
     fn drive_inner(&mut self) -> Result<SessionEnd, SessionError> {
+        // A signal that arrived while the session was being prepared stops it before
+        // anything starts.
+        while let Ok(m) = self.rx.try_recv() {
+            self.handle(m)?;
+        }
         loop {
             if self.stop.is_none() {
                 self.start_ready()?;
@@ -169,11 +162,11 @@ impl Session {
                         signal: executor::signal_name(signal),
                     }))?;
                     self.commit()?;
-                    self.snapshot();
-                    self.settle_projection();
+                    self.end_session();
                     return Ok(SessionEnd::Interrupted(signal));
                 }
-                if self.retry_at.is_empty() && scheduler::ready(&self.flow, &self.state).is_empty() {
+                // Steps waiting for a retry are still ready; the loop waits for their time.
+                if scheduler::ready(&self.flow, &self.state).is_empty() {
                     return self.finish();
                 }
             }
@@ -196,7 +189,30 @@ impl Session {
             while let Ok(m) = self.rx.try_recv() {
                 self.handle(m)?;
             }
-            self.check_timers();
+            self.check_timers()?;
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<(), SessionError> {
+        match msg {
+            Msg::Exit(pid, exit) => self.on_exit(pid, exit),
+            Msg::Signal(sig) => {
+                self.on_signal(sig);
+                Ok(())
+            }
+        }
+    }
+
+    /// The last acts of a session: snapshot, projection, and no process left behind.
+    fn end_session(&mut self) {
+        self.snapshot();
+        self.settle_projection();
+        let grace = self.flow.steps.iter().map(|s| s.grace).max().unwrap_or_default();
+        let stopped = executor::stop_orphans(grace);
+        if stopped > 0 {
+            self.report.warn(&format!(
+                "stopped {stopped} process(es) that steps had detached from their process group"
+            ));
         }
     }
 
@@ -205,8 +221,7 @@ impl Session {
         let failed_steps = scheduler::failed_steps(&self.state);
         self.record(Event::RunFinished(RunFinished { outcome, failed_steps: failed_steps.clone() }))?;
         self.commit()?;
-        self.snapshot();
-        self.settle_projection();
+        self.end_session();
         Ok(match outcome {
             RunOutcome::Succeeded => SessionEnd::Succeeded,
             RunOutcome::Failed => SessionEnd::Failed(failed_steps),
@@ -231,7 +246,7 @@ impl Session {
         for (pid, gate) in self.gates.drain(..) {
             if let Some(r) = self.running.get_mut(&pid) {
                 r.started = Some(now);
-                r.deadline = self.flow.steps[r.step].timeout.map(|t| now + t);
+                r.deadline = self.flow.steps[r.step].timeout.map(|t| checked_after(now, t));
             }
             gate.open();
         }
@@ -249,7 +264,7 @@ impl Session {
 
     /// Mirrors committed events into the projection. Failures cost only lag: the next
     /// successful update (or any `runner status`) catches up from the journal.
-    fn update_projection(&mut self, records: &[crate::journal::Record], now: Instant) {
+    fn update_projection(&mut self, records: &[Record], now: Instant) {
         let Some(p) = &mut self.projection else { return };
         if self.projection_pause.is_some_and(|until| now < until) {
             return;
@@ -294,237 +309,13 @@ impl Session {
             }
         }
     }
-
-    fn start_ready(&mut self) -> Result<(), SessionError> {
-        let now = Instant::now();
-        for idx in scheduler::ready(&self.flow, &self.state) {
-            if self.running.len() >= self.jobs {
-                break;
-            }
-            if self.retry_at.get(&idx).is_some_and(|at| *at > now) {
-                continue;
-            }
-            self.retry_at.remove(&idx);
-            self.start_attempt(idx)?;
-        }
-        Ok(())
-    }
-
-    fn start_attempt(&mut self, idx: usize) -> Result<(), SessionError> {
-        let step_id = self.flow.steps[idx].id.clone();
-        let attempt = self.state.steps[idx].attempts.len() as u32 + 1;
-        match self.spawn(idx, attempt) {
-            Ok(gated) => {
-                let pid = gated.pid;
-                self.reaper.watch(pid);
-                self.record(Event::StepStarted(StepStarted {
-                    step: step_id,
-                    visit: 1,
-                    attempt,
-                    pid,
-                    proc_start: gated.proc_start,
-                }))?;
-                self.running.insert(
-                    pid,
-                    Running {
-                        step: idx,
-                        attempt,
-                        started: None,
-                        deadline: None,
-                        kill_at: None,
-                        timed_out: false,
-                        interrupted: false,
-                    },
-                );
-                self.gates.push((pid, gated));
-            }
-            Err(e) => {
-                // A command that cannot be started is a failed attempt, not a crash.
-                let retry_in_ms = self.retry_after(idx, 1);
-                self.record(Event::StepFailed(StepFailed {
-                    step: step_id,
-                    visit: 1,
-                    attempt,
-                    reason: FailReason::Spawn,
-                    exit_code: None,
-                    signal: None,
-                    message: format!("cannot start the command: {e}"),
-                    duration_ms: 0,
-                    retry_in_ms,
-                }))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn spawn(&self, idx: usize, attempt: u32) -> std::io::Result<Gated> {
-        let step = &self.flow.steps[idx];
-        let dir = self.dir.join(STEPS_DIR).join(&step.id).join(attempt.to_string());
-        std::fs::create_dir_all(&dir)?;
-        let stdout = std::fs::File::create(dir.join("stdout.log"))?;
-        let stderr = std::fs::File::create(dir.join("stderr.log"))?;
-        let mut env: Vec<(String, String)> = Vec::new();
-        env.extend(self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
-        env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
-        env.push(("RUNNER_STEP_ID".into(), step.id.clone()));
-        env.push(("RUNNER_ATTEMPT".into(), attempt.to_string()));
-        env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
-        executor::spawn_gated(SpawnSpec {
-            command: &step.run,
-            env: &env,
-            workdir: Path::new(&self.state.workdir),
-            stdout,
-            stderr,
-        })
-    }
-
-    /// The retry delay in ms if step `idx` gets another attempt after the one that just
-    /// failed (`pending` attempts not yet folded into the state are counted too).
-    fn retry_after(&mut self, idx: usize, pending: u32) -> Option<u64> {
-        if self.stop.is_some() {
-            return None;
-        }
-        let step = &self.flow.steps[idx];
-        let used = self.state.steps[idx].session_attempts + pending;
-        if used > step.retries {
-            return None;
-        }
-        let delay = step.retry_delay(used);
-        self.retry_at.insert(idx, Instant::now() + delay);
-        Some(delay.as_millis() as u64)
-    }
-
-    fn handle(&mut self, msg: Msg) -> Result<(), SessionError> {
-        match msg {
-            Msg::Exit(pid, exit) => self.on_exit(pid, exit),
-            Msg::Signal(sig) => {
-                self.on_signal(sig);
-                Ok(())
-            }
-        }
-    }
-
-    fn on_exit(&mut self, pid: i32, exit: Exit) -> Result<(), SessionError> {
-        let Some(r) = self.running.remove(&pid) else { return Ok(()) };
-        let step = &self.flow.steps[r.step];
-        let step_id = step.id.clone();
-        let timeout = step.timeout;
-        let duration_ms = r.started.map_or(0, |s| s.elapsed().as_millis() as u64);
-        let (visit, attempt) = (1, r.attempt);
-        let event = match exit {
-            Exit::Code(0) if !r.timed_out => {
-                Event::StepSucceeded(StepSucceeded { step: step_id, visit, attempt, duration_ms })
-            }
-            _ if r.interrupted => Event::StepInterrupted(StepInterrupted {
-                step: step_id,
-                visit,
-                attempt,
-                reason: InterruptReason::Signal,
-                leftover_stopped: None,
-                duration_ms: Some(duration_ms),
-            }),
-            _ => {
-                let (reason, exit_code, signal, message) = match exit {
-                    _ if r.timed_out => (
-                        FailReason::Timeout,
-                        code_of(exit),
-                        signal_of(exit),
-                        format!("timed out after {}", human(timeout.unwrap_or_default())),
-                    ),
-                    Exit::Code(c) => (FailReason::Exit, Some(c), None, format!("exited with code {c}")),
-                    Exit::Signal(s) => (
-                        FailReason::Signal,
-                        None,
-                        Some(executor::signal_name(s)),
-                        format!("killed by {}", executor::signal_name(s)),
-                    ),
-                };
-                let retry_in_ms = self.retry_after(r.step, 0);
-                Event::StepFailed(StepFailed {
-                    step: step_id,
-                    visit,
-                    attempt,
-                    reason,
-                    exit_code,
-                    signal,
-                    message,
-                    duration_ms,
-                    retry_in_ms,
-                })
-            }
-        };
-        self.record(event)
-    }
-
-    fn on_signal(&mut self, sig: Signal) {
-        let now = Instant::now();
-        if self.stop.is_none() {
-            self.stop = Some(Stop { signal: sig });
-            self.retry_at.clear();
-            if !self.running.is_empty() {
-                self.report.info(&format!(
-                    "received {}: stopping {} running step(s); send it again to kill them at once",
-                    executor::signal_name(sig),
-                    self.running.len()
-                ));
-            }
-            for (pid, r) in &mut self.running {
-                r.interrupted = true;
-                r.kill_at = Some(now + self.flow.steps[r.step].grace);
-                executor::signal_group(*pid, Signal::SIGTERM);
-            }
-        } else {
-            for (pid, r) in &mut self.running {
-                r.kill_at = None;
-                executor::signal_group(*pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// Enforces timeouts and kill deadlines that have passed.
-    fn check_timers(&mut self) {
-        let now = Instant::now();
-        for (pid, r) in &mut self.running {
-            if let Some(deadline) = r.deadline
-                && now >= deadline
-                && !r.timed_out
-                && !r.interrupted
-            {
-                r.timed_out = true;
-                r.kill_at = Some(now + self.flow.steps[r.step].grace);
-                executor::signal_group(*pid, Signal::SIGTERM);
-            }
-            if let Some(kill_at) = r.kill_at
-                && now >= kill_at
-            {
-                r.kill_at = None;
-                executor::signal_group(*pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        let timers = self.running.values().flat_map(|r| {
-            let deadline = r.deadline.filter(|_| !r.timed_out && !r.interrupted);
-            [deadline, r.kill_at]
-        });
-        let retries = self.retry_at.values().copied().map(Some);
-        timers.chain(retries).flatten().min()
-    }
 }
 
-fn code_of(exit: Exit) -> Option<i32> {
-    match exit {
-        Exit::Code(c) => Some(c),
-        Exit::Signal(_) => None,
-    }
-}
-
-fn signal_of(exit: Exit) -> Option<String> {
-    match exit {
-        Exit::Signal(s) => Some(executor::signal_name(s)),
-        Exit::Code(_) => None,
+impl Drop for Session {
+    /// Even on a panic, no step outlives the session that started it.
+    fn drop(&mut self) {
+        for pid in self.running.keys() {
+            executor::signal_group(*pid, Signal::SIGKILL);
+        }
     }
 }

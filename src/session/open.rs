@@ -180,38 +180,49 @@ impl Session {
     /// whatever of it still runs, so two attempts of a step never overlap.
     fn interrupt_leftovers(&mut self) -> Result<(), SessionError> {
         let boot = procfs::boot_id();
-        // (step position, event to record, process to stop if it is still alive)
-        type InFlight = (usize, journal::StepInterrupted, Option<(i32, u64)>);
-        let in_flight: Vec<InFlight> = self
+        let in_flight: Vec<StepInterrupted> = self
             .state
             .running_steps()
             .filter_map(|s| {
                 let a = s.last_attempt()?;
-                let pos = self.state.step_pos(&s.id)?;
-                let same_boot = a.boot_id.as_deref() == Some(boot.as_str());
-                let process = a.pid.zip(a.proc_start).filter(|_| same_boot);
-                let event = StepInterrupted {
+                Some(StepInterrupted {
                     step: s.id.clone(),
                     visit: a.visit,
                     attempt: a.attempt,
                     reason: InterruptReason::RunnerDied,
                     leftover_stopped: None,
                     duration_ms: None,
-                };
-                Some((pos, event, process))
+                })
             })
             .collect();
-        for (pos, mut event, process) in in_flight {
-            let stopped = process
-                .is_some_and(|(pid, start)| executor::stop_leftover(pid, start, self.flow.steps[pos].grace));
-            if stopped {
+        // A pid recorded under another boot cannot be alive now.
+        let groups: Vec<(String, i32, u64)> = self
+            .state
+            .running_steps()
+            .filter_map(|s| {
+                let a = s.last_attempt()?;
+                let same_boot = a.boot_id.as_deref() == Some(boot.as_str());
+                a.pid.zip(a.proc_start).filter(|_| same_boot).map(|(pid, start)| (s.id.clone(), pid, start))
+            })
+            .collect();
+        let grace = self.flow.steps.iter().map(|s| s.grace).max().unwrap_or_default();
+        let stopped = executor::stop_leftovers(&self.state.run_id, &groups, grace)
+            .map_err(|pids| SessionError::LeftoversSurvived { pids })?;
+        for mut event in in_flight {
+            let was_alive = stopped.contains(&event.step);
+            if was_alive {
                 self.report.warn(&format!(
                     "step `{}` attempt {} was still running from the previous runner; stopped it",
                     event.step, event.attempt
                 ));
             }
-            event.leftover_stopped = Some(stopped);
+            event.leftover_stopped = Some(was_alive);
             self.record(Event::StepInterrupted(event))?;
+        }
+        let others: Vec<&String> = stopped.iter().filter(|s| self.state.step(s).is_some_and(|st| st.status != crate::state::StepStatus::Interrupted)).collect();
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+            self.report.warn(&format!("stopped processes that steps {} had left behind", names.join(", ")));
         }
         Ok(())
     }

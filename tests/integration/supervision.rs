@@ -252,3 +252,119 @@ fn a_command_that_cannot_start_is_a_failed_attempt() {
     assert_eq!(failed.last().expect("failure")["data"]["reason"], "spawn");
     env.run(&["verify", "--run-id", "g"]).code(0);
 }
+
+#[test]
+fn a_step_waiting_to_retry_finishes_its_retries_after_another_fails() {
+    let env = Env::new();
+    let flow = env.flow(
+        "mix",
+        r#"
+[[steps]]
+id = "flaky"
+needs = []
+run = "exit 1"
+retries = { attempts = 2, backoff = "200ms" }
+[[steps]]
+id = "bad"
+needs = []
+run = "sleep 0.3; exit 3"
+"#,
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "m"]);
+    finish(child, Duration::from_secs(20)).code(1);
+    let starts = env.journal("m").iter().filter(|e| e["type"] == "StepStarted" && e["data"]["step"] == "flaky").count();
+    assert_eq!(starts, 3);
+}
+
+/// CPU time (user + system) a live process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect(")") + 1..].split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn waiting_for_a_free_slot_does_not_spin() {
+    let env = Env::new();
+    let flow = env.flow(
+        "slots",
+        "[[steps]]\nid='flaky'\nneeds=[]\nrun='exit 1'\nretries={attempts=1, backoff='50ms'}\n\
+         [[steps]]\nid='long'\nneeds=[]\nrun='sleep 1.5'\n",
+    );
+    let child = env.spawn(&["run", &flow, "-j", "1", "--run-id", "s"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let ticks = cpu_ticks(child.id());
+    finish(child, Duration::from_secs(20)).code(1);
+    // A busy loop would use about a second of CPU (~100 ticks) by now.
+    assert!(ticks < 30, "the runner used {ticks} ticks of CPU while waiting");
+}
+
+#[test]
+fn grace_applies_to_every_process_of_a_stopped_step() {
+    let env = Env::new();
+    let flow = env.flow(
+        "tidy",
+        r#"
+[[steps]]
+id = "tidy"
+timeout = "300ms"
+grace = "10s"
+run = '''
+sh -c 'trap "sleep 0.3; echo cleaned > cleaned.txt; exit 0" TERM; while true; do sleep 0.05; done' &
+wait
+'''
+"#,
+    );
+    let started = std::time::Instant::now();
+    env.run(&["run", &flow]).code(1).stderr_has("timed out after 300ms");
+    assert_eq!(env.read("cleaned.txt"), "cleaned\n", "the child was killed before its grace ran out");
+    assert!(started.elapsed() < Duration::from_secs(8), "the run waited for the whole grace");
+}
+
+#[test]
+fn processes_that_leave_the_step_group_do_not_survive() {
+    let env = Env::new();
+    let flow = env.flow(
+        "escape",
+        "[[steps]]\nid='escape'\nrun='setsid sleep 60 & echo $! > esc.pid; sleep 0.2'\n",
+    );
+    env.run(&["run", &flow]).code(0).stderr_has("detached from their process group");
+    let esc = read_pid(&env, "esc.pid");
+    wait_for("the detached process to be gone", Duration::from_secs(5), || !alive(esc));
+
+    // And after a SIGKILL of the runner, resume finds it through its environment.
+    let env = Env::new();
+    let flow = env.flow(
+        "escape2",
+        "[[steps]]\nid='escape'\nrun='setsid sleep 60 & echo $! > esc.pid; if [ -f fast ]; then exit 0; fi; sleep 60'\n",
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "e"]);
+    wait_for("the step to start", Duration::from_secs(20), || env.path().join("esc.pid").exists());
+    let esc = read_pid(&env, "esc.pid");
+    signal(child.id(), Signal::SIGKILL);
+    let _ = finish(child, Duration::from_secs(10));
+    assert!(alive(esc));
+    env.write("fast", "");
+    env.run(&["resume", "--run-id", "e"]).code(0);
+    assert!(!alive(esc), "a process of the dead runner's attempt survived the resume");
+}
+
+#[test]
+fn a_signal_while_resume_stops_leftovers_starts_nothing_new() {
+    let env = Env::new();
+    let flow = env.flow(
+        "deaf",
+        "[[steps]]\nid='deaf'\ngrace='1s'\nrun='''\ntrap \"\" TERM\necho $RUNNER_ATTEMPT >> attempts\nwhile true; do sleep 0.05; done\n'''\n",
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "d"]);
+    wait_for("the step to start", Duration::from_secs(20), || env.count("attempts") == 1);
+    signal(child.id(), Signal::SIGKILL);
+    let _ = finish(child, Duration::from_secs(10));
+    let resume = env.spawn(&["resume", "--run-id", "d"]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(resume.id(), Signal::SIGINT);
+    finish(resume, Duration::from_secs(20)).code(130);
+    assert_eq!(env.count("attempts"), 1, "a new attempt ran although the resume was interrupted");
+    let started = env.journal("d").iter().filter(|e| e["type"] == "StepStarted").count();
+    assert_eq!(started, 1);
+}
