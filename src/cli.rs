@@ -145,13 +145,16 @@ pub fn main() -> std::process::ExitCode {
             return if e.use_stderr() { ExitCode::Usage.into() } else { ExitCode::Success.into() };
         }
     };
-    match dispatch(cli) {
-        Ok(code) => code.into(),
-        Err(e) if e.is_broken_pipe() => ExitCode::Success.into(),
-        Err(e) => {
+    // A panic is a bug; its message is already printed. Exit with the documented code
+    // rather than Rust's 101 (running steps were killed when their session dropped).
+    match std::panic::catch_unwind(|| dispatch(cli)) {
+        Ok(Ok(code)) => code.into(),
+        Ok(Err(e)) if e.is_broken_pipe() => ExitCode::Success.into(),
+        Ok(Err(e)) => {
             crate::report::note(&format!("error: {e}"));
             e.exit_code().into()
         }
+        Err(_) => ExitCode::Internal.into(),
     }
 }
 

@@ -64,7 +64,10 @@ impl Error {
 
 fn store_code(e: &StoreError) -> ExitCode {
     match e {
-        StoreError::BadRunId(_) | StoreError::NotFound { .. } | StoreError::NoRuns { .. } => ExitCode::Usage,
+        StoreError::BadRunId(_)
+        | StoreError::NotFound { .. }
+        | StoreError::NotARun { .. }
+        | StoreError::NoRuns { .. } => ExitCode::Usage,
         StoreError::Locked { .. } => ExitCode::Locked,
         StoreError::Io { .. } => ExitCode::Io,
         StoreError::Journal(e) => journal_code(e),
@@ -81,7 +84,7 @@ fn journal_code(e: &JournalError) -> ExitCode {
 fn load_code(e: &LoadError) -> ExitCode {
     match e {
         LoadError::Journal(e) => journal_code(e),
-        LoadError::Fold { .. } => ExitCode::Usage,
+        LoadError::Fold { .. } | LoadError::WrongDirectory { .. } => ExitCode::Usage,
     }
 }
 

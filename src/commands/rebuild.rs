@@ -15,25 +15,23 @@ pub fn rebuild(g: &Global) -> Result<ExitCode, Error> {
     let secs = stats.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { stats.events as f64 / secs } else { 0.0 };
     if g.json {
-        print(
+        let _ = print(
             &json!({
                 "runs": stats.runs, "events": stats.events, "elapsed_ms": stats.elapsed.as_millis() as u64,
                 "events_per_second": rate.round(),
                 "skipped": stats.skipped.iter().map(|(id, why)| json!({"run_id": id, "error": why})).collect::<Vec<_>>(),
             })
             .to_string(),
-        )
-        .map_err(io_at("stdout"))?;
+        );
     } else {
-        print(&format!(
+        let _ = print(&format!(
             "rebuilt {}: {} runs, {} events in {:.2}s ({:.0} events/s)",
             runs.root().join(projection::PROJECTION_FILE).display(),
             stats.runs,
             stats.events,
             secs,
             rate
-        ))
-        .map_err(io_at("stdout"))?;
+        ));
         for (id, why) in &stats.skipped {
             note(&format!("warning: run {id} left out: {why}"));
         }

@@ -7,7 +7,7 @@ use crate::cli::{Global, StatusArgs};
 use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::projection::{Projection, ProjectionError};
-use crate::report::{elapsed, human, human_ms, local_time, table};
+use crate::report::{elapsed, human, human_ms, local_time, note, table};
 use crate::store::{RunsDir, is_locked, live_lock_holders};
 
 /// One row of the runs table, plus whether a runner holds the run.
@@ -88,13 +88,21 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
         return print(&text);
     }
     let mut projection = Projection::open(&runs)?;
+    if projection.is_fresh() {
+        // A new or upgraded projection: fill it in bulk rather than run by run.
+        for (id, why) in projection.rebuild()?.skipped {
+            note(&format!("warning: run {id} is left out: {why}"));
+        }
+    }
     match &args.run_id {
         Some(id) => {
             projection.sync_run(id)?;
             run_detail(g, &runs, &projection, id)
         }
         None => {
-            projection.catch_up()?;
+            for (id, why) in projection.catch_up()?.unreadable {
+                note(&format!("warning: run {id} is left out: {why}"));
+            }
             run_list(g, &runs, &projection)
         }
     }

@@ -15,13 +15,15 @@ pub use process::{GATE_CLOSED_EXIT, Gated, SpawnSpec, signal_group, spawn_gated}
 pub use reaper::{Exit, Reaper};
 pub use signals::forward_signals;
 
-/// Stops every process left behind by a dead runner's attempts of run `run_id`: the
-/// process groups recorded in the journal (`(step, pid, start time)`), and any process
-/// that carries the run's `RUNNER_RUN_ID`, which catches those that left their group.
+/// Stops every process left behind by a dead runner's attempts of the run in `run_dir`
+/// (its canonical path): the process groups recorded in the journal (`(step, pid, start
+/// time)`), and any process whose environment has that `RUNNER_RUN_DIR`, which catches
+/// those that left their group. (Run ids are unique only within a runs directory; the
+/// directory is unique on the machine.)
 /// SIGTERM, then SIGKILL after `grace`. Returns the steps that still had processes, or the
 /// pids that even SIGKILL did not end (the caller must not start new attempts then).
 pub fn stop_leftovers(
-    run_id: &str,
+    run_dir: &str,
     attempts: &[(String, i32, u64)],
     grace: Duration,
 ) -> Result<HashSet<String>, Vec<i32>> {
@@ -33,7 +35,7 @@ pub fn stop_leftovers(
             groups.push(*pid);
         }
     }
-    let strays = procfs::with_env("RUNNER_RUN_ID", run_id);
+    let strays = procfs::with_env("RUNNER_RUN_DIR", run_dir);
     for pid in &strays {
         if let Some(step) = procfs::env_var(*pid, "RUNNER_STEP_ID") {
             steps.insert(step);

@@ -58,7 +58,7 @@ pub fn live_children(parent: i32) -> Vec<i32> {
 }
 
 /// Live processes whose environment has `key=value`: every process a step started
-/// inherits `RUNNER_RUN_ID`, even if it left the step's process group.
+/// inherits `RUNNER_RUN_DIR`, even if it left the step's process group.
 pub fn with_env(key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
     processes()

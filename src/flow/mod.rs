@@ -479,7 +479,10 @@ timeout = "2 days"
         assert!(e.starts_with("t.toml:4:9: `timeout` = \"10 parsecs\" is not a valid duration"), "{e}");
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='-1s'\n").contains("negative"));
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='0s'\n").contains("longer than zero"));
-        assert!(err("[[steps]]\nid='a'\nrun='x'\ngrace='9223372036854775807s'\n").contains("not a valid duration"));
+        assert!(
+            err("[[steps]]\nid='a'\nrun='x'\ngrace='9223372036854775807s'\n")
+                .contains("not a valid duration")
+        );
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='367 days'\n").contains("366 days"));
         assert!(err("[[steps]]\nid='a'\nrun='x'\ntimeout='1 month'\n").contains("not a valid duration"));
         assert!(err("[[steps]]\nid='a'\nrun='x'\nretries=-1\n").contains("extra attempts"));

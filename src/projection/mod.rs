@@ -53,6 +53,8 @@ pub struct Projection {
     /// Inode of the file when opened: if someone deletes or rebuilds it away, reopen.
     ino: u64,
     busy_timeout: Duration,
+    /// The tables were just created (new file or new schema): nothing is in them yet.
+    fresh: bool,
 }
 
 /// What a catch-up did.
@@ -60,6 +62,8 @@ pub struct Projection {
 pub struct CatchUp {
     pub synced: usize,
     pub removed: usize,
+    /// Runs whose journal could not be read (damaged), with the reason.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl Projection {
@@ -84,7 +88,7 @@ impl Projection {
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let conn = connect(&path, busy_timeout).map_err(sql)?;
         let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-        let mut p = Projection { conn, path, runs: runs.clone(), ino, busy_timeout };
+        let mut p = Projection { conn, path, runs: runs.clone(), ino, busy_timeout, fresh: false };
         p.ensure_schema()?;
         Ok(p)
     }
@@ -93,28 +97,40 @@ impl Projection {
         ProjectionError::Sqlite { path: self.path.clone(), source }
     }
 
+    /// Creates the tables in a new file, or recreates them for another schema version.
+    /// They start empty: `catch_up` (or `rebuild`) fills them from the journals, so a live
+    /// run never waits for a whole rebuild before its first step.
     fn ensure_schema(&mut self) -> Result<(), ProjectionError> {
-        let version: i64 =
-            self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| self.sql(e))?;
+        let path = self.path.clone();
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| ProjectionError::Sqlite { path: self.path.clone(), source: e })?;
-        let version: i64 = tx
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| ProjectionError::Sqlite { path: self.path.clone(), source: e })?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        drop(tx);
-        // New file or another schema: (re)build from the journals, in one transaction.
-        rebuild::rebuild_into(&mut self.conn, &self.runs, None).map(|_| ()).map_err(|e| match e {
-            ProjectionError::Sqlite { source, .. } => self.sql(source),
-            other => other,
-        })
+        tx.execute_batch(rows::DROP).map_err(sql)?;
+        tx.execute_batch(rows::TABLES).map_err(sql)?;
+        tx.execute_batch(rows::INDEXES).map_err(sql)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        self.fresh = true;
+        Ok(())
+    }
+
+    /// Whether this open created the tables, empty.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Refills every table from the journals in one transaction (see `rebuild`).
+    pub fn rebuild(&mut self) -> Result<RebuildStats, ProjectionError> {
+        let stats = rebuild::rebuild_into(&mut self.conn, &self.runs, None)?;
+        self.fresh = false;
+        Ok(stats)
     }
 
     /// Reopens if the file was deleted or replaced since it was opened.
@@ -139,9 +155,15 @@ impl Projection {
         let path = self.path.clone();
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-        let applied = applied_seq(&tx, &state.run_id).map_err(sql)?;
-        if applied + 1 < first.seq {
-            // Behind (an update was missed): bring the whole run up from its journal.
+        let row = applied(&tx, &state.run_id).map_err(sql)?;
+        let applied = match row {
+            Some(r) if r.started_at == state.started_at => r.last_seq,
+            None => 0,
+            // Rows of another run that had this id: replace them.
+            Some(_) => u64::MAX,
+        };
+        if applied == u64::MAX || applied + 1 < first.seq {
+            // Behind (an update was missed) or not this run: bring it up from its journal.
             drop(tx);
             return self.sync_run(&state.run_id).map(|_| ());
         }
@@ -165,31 +187,39 @@ impl Projection {
     }
 
     /// Brings one run's rows up to date with its journal. Returns whether anything changed.
+    /// Rows never go back: if another writer got further than this journal read, it wins.
     pub fn sync_run(&mut self, run_id: &str) -> Result<bool, ProjectionError> {
         let dir = self.runs.run_dir(run_id);
         let path = self.path.clone();
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
-        let applied = applied_seq(&self.conn, run_id).map_err(sql)?;
-        let loaded = load_run(&dir, true, applied)?;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-        let applied_now = applied_seq(&tx, run_id).map_err(sql)?;
-        if applied_now == loaded.last_seq {
-            return Ok(false);
-        }
-        if applied_now > loaded.last_seq || applied_now < applied {
-            // The rows describe another history than this journal: replace them all.
-            drop(tx);
-            let full = load_run(&dir, false, 0)?;
+        for _ in 0..3 {
+            let before = applied(&self.conn, run_id).map_err(sql)?;
+            let mut loaded = load_run(&dir, true, before.as_ref().map_or(0, |r| r.last_seq))?;
+            let same_run = before.as_ref().is_none_or(|r| r.started_at == loaded.state.started_at);
+            if !same_run {
+                loaded = load_run(&dir, false, 0)?;
+            }
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            rows::delete_run(&tx, run_id).map_err(sql)?;
-            rows::write_run(&tx, &full.state, &full.records, full.valid_len).map_err(sql)?;
+            if applied(&tx, run_id).map_err(sql)? != before {
+                continue; // changed under us: read again
+            }
+            let from = match &before {
+                Some(r) if same_run => r.last_seq,
+                Some(_) => {
+                    rows::delete_run(&tx, run_id).map_err(sql)?;
+                    0
+                }
+                None => 0,
+            };
+            if from >= loaded.last_seq {
+                return Ok(false);
+            }
+            let fresh: Vec<Record> = loaded.records.into_iter().filter(|r| r.seq > from).collect();
+            rows::write_run(&tx, &loaded.state, &fresh, loaded.valid_len).map_err(sql)?;
             tx.commit().map_err(sql)?;
             return Ok(true);
         }
-        let fresh: Vec<Record> = loaded.records.into_iter().filter(|r| r.seq > applied_now).collect();
-        rows::write_run(&tx, &loaded.state, &fresh, loaded.valid_len).map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        Ok(true)
+        Ok(false)
     }
 
     /// Catches every run up with its journal and drops rows of runs that no longer exist.
@@ -208,8 +238,15 @@ impl Projection {
         let mut result = CatchUp::default();
         for id in &ids {
             let size = std::fs::metadata(self.runs.run_dir(id).join(JOURNAL_FILE)).map(|m| m.len()).ok();
-            if size.is_some() && known.get(id) != size.as_ref() && self.sync_run(id)? {
-                result.synced += 1;
+            if size.is_none() || known.get(id) == size.as_ref() {
+                continue;
+            }
+            // One unreadable run must not hide all the others.
+            match self.sync_run(id) {
+                Ok(true) => result.synced += 1,
+                Ok(false) => {}
+                Err(ProjectionError::Load(e)) => result.unreadable.push((id.clone(), e.to_string())),
+                Err(e) => return Err(e),
             }
         }
         let present: HashSet<&String> = ids.iter().collect();
@@ -252,10 +289,18 @@ fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> 
     Ok(conn)
 }
 
-fn applied_seq(conn: &Connection, run_id: &str) -> rusqlite::Result<u64> {
-    let seq: Option<i64> =
-        conn.query_row("SELECT last_seq FROM runs WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
-    Ok(seq.unwrap_or(0) as u64)
+/// What the rows of a run cover: the last event applied, and which run they are of.
+#[derive(Debug, PartialEq)]
+struct Applied {
+    last_seq: u64,
+    started_at: String,
+}
+
+fn applied(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<Applied>> {
+    conn.query_row("SELECT last_seq, started_at FROM runs WHERE run_id = ?1", [run_id], |r| {
+        Ok(Applied { last_seq: r.get::<_, i64>(0)? as u64, started_at: r.get(1)? })
+    })
+    .optional()
 }
 
 fn canonical_dump(conn: &Connection) -> rusqlite::Result<String> {

@@ -118,12 +118,18 @@ impl Session {
         let step = &self.flow.steps[idx];
         let workdir = Path::new(&self.state.workdir);
         if !workdir.is_dir() {
-            return Err(format!("cannot start the command: its working directory {} is gone", workdir.display()));
+            return Err(format!(
+                "cannot start the command: its working directory {} is gone",
+                workdir.display()
+            ));
         }
         let dir = self.dir.join(STEPS_DIR).join(&step.id).join(attempt.to_string());
         let logs = || -> std::io::Result<(std::fs::File, std::fs::File)> {
             std::fs::create_dir_all(&dir)?;
-            Ok((std::fs::File::create(dir.join("stdout.log"))?, std::fs::File::create(dir.join("stderr.log"))?))
+            Ok((
+                std::fs::File::create(dir.join("stdout.log"))?,
+                std::fs::File::create(dir.join("stderr.log"))?,
+            ))
         };
         let (stdout, stderr) =
             logs().map_err(|e| format!("cannot create the log files in {}: {e}", dir.display()))?;

@@ -129,7 +129,13 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     if let SnapshotUse::Ignored(why) = &loaded.snapshot {
         report.warn(&format!("{why}; folding the journal from the start instead"));
     }
-    let flow = run_flow(&dir, &loaded.state)?;
+    let done = loaded.state.status == RunStatus::Succeeded;
+    // A run that already succeeded needs nothing from its flow.
+    let flow = match run_flow(&dir, &loaded.state) {
+        Ok(flow) => flow,
+        Err(_) if done => return Ok(Resumed::Done),
+        Err(e) => return Err(e),
+    };
     let journal_path = dir.join(JOURNAL_FILE);
     let repaired = match &loaded.torn {
         Some(torn) => {
@@ -140,7 +146,6 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     };
     let journal = JournalWriter::reopen(&journal_path, loaded.last_seq, &loaded.last_sum, loaded.valid_len)?;
     let projection = open_projection(runs, &report);
-    let done = loaded.state.status == RunStatus::Succeeded;
     let mut session = Session::new(flow, dir, lock, journal, loaded.state, projection, report, opts.jobs)?;
     if let Some(r) = repaired {
         session.record(Event::JournalRepaired(r))?;
@@ -206,7 +211,8 @@ impl Session {
             })
             .collect();
         let grace = self.flow.steps.iter().map(|s| s.grace).max().unwrap_or_default();
-        let stopped = executor::stop_leftovers(&self.state.run_id, &groups, grace)
+        let run_dir = self.dir.to_string_lossy().into_owned();
+        let stopped = executor::stop_leftovers(&run_dir, &groups, grace)
             .map_err(|pids| SessionError::LeftoversSurvived { pids })?;
         for mut event in in_flight {
             let was_alive = stopped.contains(&event.step);
@@ -219,7 +225,12 @@ impl Session {
             event.leftover_stopped = Some(was_alive);
             self.record(Event::StepInterrupted(event))?;
         }
-        let others: Vec<&String> = stopped.iter().filter(|s| self.state.step(s).is_some_and(|st| st.status != crate::state::StepStatus::Interrupted)).collect();
+        let others: Vec<&String> = stopped
+            .iter()
+            .filter(|s| {
+                self.state.step(s).is_some_and(|st| st.status != crate::state::StepStatus::Interrupted)
+            })
+            .collect();
         if !others.is_empty() {
             let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
             self.report.warn(&format!("stopped processes that steps {} had left behind", names.join(", ")));

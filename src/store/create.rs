@@ -41,11 +41,15 @@ pub fn create_run(
     create_dir_synced(&staging_root)?;
     remove_stale_staging(&staging_root);
 
-    let staging = staging_root.join(format!("{id}.{}", std::process::id()));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
-    }
-    fs::create_dir(&staging).map_err(|e| StoreError::io(&staging, e))?;
+    // A fresh name each time: never touch a staging directory another process may own.
+    let staging = loop {
+        let candidate = staging_root.join(format!("{id}.{}", super::nonce(8)));
+        match fs::create_dir(&candidate) {
+            Ok(()) => break candidate,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(StoreError::io(&candidate, e)),
+        }
+    };
     match assemble(runs, &staging, flow_bytes, started) {
         Ok(Some(created)) => Ok(Some(created)),
         Ok(None) => {
@@ -83,7 +87,8 @@ fn assemble(
     let dir = runs.run_dir(&id);
     match renameat2(AT_FDCWD, staging, AT_FDCWD, &dir, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
-        Err(Errno::EEXIST | Errno::ENOTEMPTY) => return Ok(None),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY) if runs.exists(&id) => return Ok(None),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY) => return Err(StoreError::NotARun { dir }),
         Err(e) => return Err(StoreError::io(&dir, e.into())),
     }
     sync_dir(runs.root()).map_err(|e| StoreError::io(runs.root(), e))?;

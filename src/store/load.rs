@@ -37,6 +37,11 @@ pub enum LoadError {
     Journal(#[from] JournalError),
     #[error("{}: {err}: the journal contradicts itself", path.display())]
     Fold { path: PathBuf, err: FoldError },
+    #[error(
+        "{} holds run `{holds}`: a run directory must keep the name of its run (was it copied or renamed?)",
+        dir.display()
+    )]
+    WrongDirectory { dir: PathBuf, holds: String },
 }
 
 /// Reads a run's journal, checking every line, and folds it into its state.
@@ -45,6 +50,14 @@ pub enum LoadError {
 /// covers replaces folding that prefix. `records` holds the parsed records with
 /// `seq > records_after` (pass `u64::MAX` when none are needed).
 pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
+    let loaded = load(run_dir, use_snapshot, records_after)?;
+    if run_dir.file_name().is_some_and(|name| *name != *loaded.state.run_id) {
+        return Err(LoadError::WrongDirectory { dir: run_dir.to_path_buf(), holds: loaded.state.run_id });
+    }
+    Ok(loaded)
+}
+
+fn load(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
     let path = run_dir.join(JOURNAL_FILE);
     let bytes = std::fs::read(&path).map_err(|e| JournalError::io(&path, e))?;
     let fold_err = |err| LoadError::Fold { path: path.clone(), err };

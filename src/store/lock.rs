@@ -5,8 +5,16 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{LOCK_FILE, StoreError};
+
+/// How long to retry a lock whose recorded holder is dead.
+const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(1);
+
+fn process_alive(pid: u32) -> bool {
+    crate::executor::procfs::stat(pid as i32).is_some_and(|s| s.is_alive())
+}
 
 /// Held for as long as a runner drives a run. Dropping it (or dying) releases it.
 #[derive(Debug)]
@@ -27,14 +35,24 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(StoreError::Locked { id: id.to_string(), pid: text.trim().parse().ok() });
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut text = String::new();
+                    let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+                    let pid: Option<u32> = text.trim().parse().ok();
+                    // A runner killed a moment ago may still have a child between fork and
+                    // exec holding a copy of the lock; that passes in microseconds.
+                    let holder_dead = pid.is_some_and(|p| !process_alive(p));
+                    if !holder_dead || started.elapsed() > DEAD_HOLDER_WAIT {
+                        return Err(StoreError::Locked { id: id.to_string(), pid });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
             }
-            Err(TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
         }
         // The pid is for people and error messages; the lock itself is what counts.
         let write_pid = |f: &mut File| -> std::io::Result<()> {

@@ -26,6 +26,8 @@ pub enum StoreError {
     BadRunId(String),
     #[error("no run `{id}` in {}", dir.display())]
     NotFound { id: String, dir: PathBuf },
+    #[error("{} exists but is not a run (it has no journal); remove it or choose another --run-id", dir.display())]
+    NotARun { dir: PathBuf },
     #[error("no runs{} in {}", flow.as_ref().map(|f| format!(" of flow `{f}`")).unwrap_or_default(), dir.display())]
     NoRuns { flow: Option<String>, dir: PathBuf },
     #[error(
@@ -62,10 +64,7 @@ pub fn validate_run_id(id: &str) -> Result<(), StoreError> {
 /// A readable id that sorts by start time: `20261121-234244.123-nightly-k3f9`.
 /// The random tail keeps concurrent starts apart; creation still refuses to reuse an id.
 pub fn generate_run_id(flow_name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = jiff::Timestamp::now();
-    let stamp = now.strftime("%Y%m%d-%H%M%S%.3f").to_string();
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S%.3f").to_string();
     let mut name: String = flow_name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
@@ -74,12 +73,27 @@ pub fn generate_run_id(flow_name: &str) -> String {
     if name.is_empty() {
         name.push_str("run");
     }
-    let seed =
-        format!("{}:{}:{}", now.as_nanosecond(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let hash = blake3::hash(seed.as_bytes());
+    format!("{stamp}-{name}-{}", nonce(4))
+}
+
+/// `len` random-looking characters from [0-9a-z] (no i, l, o, u): time, pid and a counter
+/// hashed. Enough to keep concurrent starts apart; creation still checks for collisions.
+pub(crate) fn nonce(len: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{}:{}:{}",
+        jiff::Timestamp::now().as_nanosecond(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    let tail: String = hash.as_bytes()[..4].iter().map(|b| ALPHABET[(*b & 31) as usize] as char).collect();
-    format!("{stamp}-{name}-{tail}")
+    blake3::hash(seed.as_bytes())
+        .as_bytes()
+        .iter()
+        .take(len)
+        .map(|b| ALPHABET[(*b & 31) as usize] as char)
+        .collect()
 }
 
 /// The directory that holds every run (`--runs-dir`).

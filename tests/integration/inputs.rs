@@ -76,3 +76,13 @@ fn parameter_values_are_inert() {
     assert_eq!(env.read("canary"), "still here");
     assert!(!env.path().join("pwned").exists() && !env.path().join("pwned2").exists());
 }
+
+#[test]
+fn a_directory_that_is_not_a_run_is_not_taken_over() {
+    let env = Env::new();
+    let flow = env.flow("f", "[[steps]]\nid='a'\nrun='true'\n");
+    std::fs::create_dir_all(env.run_dir("taken")).expect("mkdir");
+    env.run(&["run", &flow, "--run-id", "taken"]).code(2).stderr_has("exists but is not a run");
+    let entries: Vec<_> = std::fs::read_dir(env.run_dir("taken")).expect("dir").collect();
+    assert!(entries.is_empty(), "the foreign directory was changed");
+}

@@ -87,6 +87,14 @@ fn a_damaged_middle_line_is_refused_and_left_untouched() {
     std::fs::write(&journal, &damaged).expect("write");
 
     let n = line + 1;
+    // A closed stdout does not turn the verdict into success: bash's pipefail shows it.
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; '{RUNNER}' verify --run-id {id} | head -c0"))
+        .current_dir(env.path())
+        .output()
+        .expect("bash");
+    assert_eq!(piped.status.code(), Some(1));
     let verify = env.run(&["verify", "--run-id", &id]);
     verify.code(1).stderr_has(&format!("journal.jsonl:{n}: the journal is damaged: checksum mismatch"));
     env.write("fixed", "");
@@ -135,4 +143,14 @@ fn an_edited_flow_copy_is_refused_on_resume() {
     std::fs::write(&copy, text).expect("restore");
     env.flow("gated", &GATED.replace("test -f fixed", "true"));
     env.run(&["resume", "--run-id", &id]).code(1);
+}
+
+#[test]
+fn an_already_succeeded_run_resumes_to_nothing_even_with_an_edited_flow_copy() {
+    let env = Env::new();
+    let flow = env.flow("ok", "[[steps]]\nid='a'\nrun='echo a >> a.out'\n");
+    env.run(&["run", &flow, "--run-id", "done"]).code(0);
+    std::fs::write(env.run_dir("done").join("flow.toml"), "edited").expect("edit");
+    env.run(&["resume", "--run-id", "done"]).code(0).stderr_has("already succeeded");
+    assert_eq!(env.count("a.out"), 1);
 }

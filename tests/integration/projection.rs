@@ -102,3 +102,60 @@ fn an_old_schema_is_rebuilt() {
     env.run(&["status"]).code(0);
     assert_eq!(env.projection_dump(), expected);
 }
+
+#[test]
+fn readers_racing_a_live_run_never_leave_the_projection_behind() {
+    let env = Env::new();
+    let mut toml = String::new();
+    for i in 0..150 {
+        toml.push_str(&format!("[[steps]]\nid = 's{i}'\nrun = 'true'\n"));
+    }
+    let flow = env.flow("long", &toml);
+    let child = env.spawn(&["run", &flow, "--run-id", "busy"]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for args in [&["status", "--run-id", "busy"][..], &["status"][..]] {
+            let (env, stop) = (&env, &stop);
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = env.run(args);
+                }
+            });
+        }
+        finish(child, std::time::Duration::from_secs(60)).code(0);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let live = env.projection_dump();
+    env.run(&["rebuild-projection"]).code(0);
+    assert_eq!(env.projection_dump(), live, "a reader left the projection behind the journal");
+}
+
+#[test]
+fn one_damaged_or_misplaced_run_does_not_hide_the_others() {
+    let env = Env::new();
+    let flow = env.flow("ok", "[[steps]]\nid='a'\nrun='true'\n[[steps]]\nid='b'\nrun='true'\n");
+    env.run(&["run", &flow, "--run-id", "good"]).code(0);
+    env.run(&["run", &flow, "--run-id", "bad"]).code(0);
+    let journal = env.run_dir("bad").join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    std::fs::write(&journal, text.replacen("\"attempt\":1", "\"attempt\":2", 1)).expect("damage");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.runs_dir().join(format!("projection.sqlite{suffix}")));
+    }
+    env.run(&["status"]).code(0).stdout_has("good").stderr_has("run bad is left out");
+    env.run(&["rebuild-projection"]).code(1).stdout_has("1 runs").stderr_has("run bad left out");
+
+    // A copied run directory claims another run's id: it is refused, not merged.
+    let env = Env::new();
+    let flow = env.flow("ok", "[[steps]]\nid='a'\nrun='true'\n");
+    env.run(&["run", &flow, "--run-id", "orig"]).code(0);
+    let copy = env.run_dir("copy");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for f in ["journal.jsonl", "flow.toml"] {
+        std::fs::copy(env.run_dir("orig").join(f), copy.join(f)).expect("copy");
+    }
+    env.run(&["status"]).code(0).stdout_has("orig").stderr_has("holds run `orig`");
+    env.run(&["verify", "--run-id", "copy"]).code(1).stderr_has("must keep the name of its run");
+    env.run(&["rebuild-projection"]).code(1);
+    env.run(&["status", "--run-id", "orig"]).code(0);
+}
