@@ -28,9 +28,7 @@ fn resume_completes(env: &Env) {
     env.run(&["resume", "--run-id", "c"]).code(0);
     assert_eq!((env.count("a.out"), env.count("b.out")), (1, 1), "each step's command ran exactly once");
     env.run(&["verify", "--run-id", "c"]).code(0);
-    let live = env.projection_dump();
-    env.run(&["rebuild-projection"]).code(0);
-    assert_eq!(env.projection_dump(), live);
+    env.assert_rebuild_matches_live();
 }
 
 #[test]

@@ -104,9 +104,7 @@ fn sigkill_mid_step_then_resume_runs_completed_steps_exactly_once() {
     assert_eq!(interrupted[0]["data"]["reason"], "runner_died");
     assert_eq!(interrupted[0]["data"]["leftover_stopped"], true);
     env.run(&["verify", "--run-id", "r"]).code(0);
-    let live = env.projection_dump();
-    env.run(&["rebuild-projection"]).code(0);
-    assert_eq!(env.projection_dump(), live);
+    env.assert_rebuild_matches_live();
 }
 
 #[test]
@@ -156,9 +154,7 @@ fn repeated_sigkills_never_rerun_a_completed_step() {
         );
     }
     env.run(&["verify", "--run-id", "k"]).code(0);
-    let live = env.projection_dump();
-    env.run(&["rebuild-projection"]).code(0);
-    assert_eq!(env.projection_dump(), live);
+    env.assert_rebuild_matches_live();
 }
 
 /// SIGKILLs the runner if it still runs; returns its exit code if it had finished.

@@ -162,6 +162,14 @@ impl Env {
             .collect()
     }
 
+    /// Asserts that the live projection equals one rebuilt from the journals, row for row.
+    #[track_caller]
+    pub fn assert_rebuild_matches_live(&self) {
+        let live = self.projection_dump();
+        self.run(&["rebuild-projection"]).code(0);
+        assert_eq!(self.projection_dump(), live, "the rebuilt projection differs from the live one");
+    }
+
     /// Every table of the projection in canonical order.
     pub fn projection_dump(&self) -> String {
         let runs = runner::store::RunsDir::new(self.runs_dir());
