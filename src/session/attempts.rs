@@ -252,7 +252,7 @@ impl Session {
     pub(super) fn on_signal(&mut self, sig: Signal) {
         let now = Instant::now();
         if self.stop.is_none() {
-            self.stop = Some(super::Stop { signal: sig });
+            self.stop = Some(sig);
             self.retry_at.clear();
             if !self.running.is_empty() {
                 self.report.info(&format!(

@@ -63,11 +63,6 @@ enum Msg {
     Signal(Signal),
 }
 
-/// A graceful stop in progress.
-struct Stop {
-    signal: Signal,
-}
-
 /// A run, locked by this process, ready to be driven.
 pub struct Session {
     flow: Flow,
@@ -86,7 +81,8 @@ pub struct Session {
     running: HashMap<i32, Running>,
     gates: Vec<(i32, Gated)>,
     retry_at: HashMap<usize, Instant>,
-    stop: Option<Stop>,
+    /// The signal that asked for a graceful stop, once one did.
+    stop: Option<Signal>,
     since_snapshot: u64,
 }
 
@@ -156,8 +152,7 @@ impl Session {
             }
             self.commit()?;
             if self.running.is_empty() {
-                if let Some(stop) = &self.stop {
-                    let signal = stop.signal;
+                if let Some(signal) = self.stop {
                     self.record(Event::RunInterrupted(RunInterrupted {
                         signal: executor::signal_name(signal),
                     }))?;
