@@ -4,8 +4,9 @@
 //!
 //! Points: `before-commit` (events staged, not yet durable; children wait at their gates),
 //! `after-commit` (events durable; gates not opened, projection not updated),
-//! `after-projection`, `snapshot-temp` (new snapshot synced under its temp name, not yet
-//! renamed into place).
+//! `after-projection`, and for `state.json`: `snapshot-written` (temp file written, not
+//! synced), `snapshot-synced` (synced, not renamed), `snapshot-renamed` (renamed, directory
+//! not synced).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

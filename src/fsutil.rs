@@ -1,7 +1,7 @@
 //! Small durable-filesystem helpers: directory fsync and atomic replace.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 /// Makes a directory's entries (creations, renames, removals) durable.
@@ -9,18 +9,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees the old or the new
-/// content, never a mix: write a temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Replaces `path` with what `write` produces so that a reader (or a crash) sees the old
+/// or the new content, never a mix: write a temp file beside it, fsync, rename, fsync the
+/// directory. Content is streamed, so a large snapshot never sits in memory twice.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(bytes)?;
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 16, &f);
+        write(&mut out)?;
+        out.flush()?;
+        drop(out);
+        crate::crashpoint::reached("snapshot-written");
         f.sync_all()?;
-        crate::crashpoint::reached("snapshot-temp");
+        crate::crashpoint::reached("snapshot-synced");
         std::fs::rename(&tmp, path)?;
+        crate::crashpoint::reached("snapshot-renamed");
         sync_dir(dir)
     })();
     if result.is_err() {
@@ -49,8 +58,8 @@ mod tests {
     fn atomic_write_replaces_and_cleans_up() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("state.json");
-        write_atomic(&p, b"one").expect("write");
-        write_atomic(&p, b"two").expect("write");
+        write_atomic(&p, |w| w.write_all(b"one")).expect("write");
+        write_atomic(&p, |w| w.write_all(b"two")).expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
         std::fs::write(dir.path().join("state.json.tmp-1"), b"partial").expect("write");
         remove_stale_temps(&p);

@@ -19,7 +19,7 @@ mod writer;
 use std::path::PathBuf;
 
 pub use event::*;
-pub use reader::{Scan, TornTail, repair_torn_tail, scan, scan_bytes, scan_bytes_with};
+pub use reader::{Scan, TornTail, last_record, repair_torn_tail, scan, scan_bytes, scan_bytes_with};
 pub use writer::JournalWriter;
 
 /// Bumped when the line format changes incompatibly; recorded in `RunStarted`.

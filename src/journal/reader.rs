@@ -114,13 +114,7 @@ pub fn scan_bytes_with(
             return Err(corrupt(line_no, "the chain to the previous line is broken".into()));
         }
         if seq > parse_after {
-            let raw: RawLine = serde_json::from_slice(body)
-                .map_err(|e| corrupt(line_no, format!("not a journal record: {e}")))?;
-            if raw.seq != seq {
-                return Err(corrupt(line_no, "sequence number does not match".into()));
-            }
-            let event = Event::from_parts(raw.kind, raw.data.get()).map_err(|e| corrupt(line_no, e))?;
-            scan.records.push(Record { seq, ts: raw.ts, event, data: raw.data.get().to_string() });
+            scan.records.push(parse_record(body, seq).map_err(|e| corrupt(line_no, e))?);
         }
         if seq == sum_at {
             scan.boundary_sum = Some(sum.to_string());
@@ -131,6 +125,35 @@ pub fn scan_bytes_with(
         scan.valid_len = offset as u64;
     }
     Ok(scan)
+}
+
+/// Parses a line whose checksum has been checked.
+fn parse_record(body: &[u8], seq: u64) -> Result<Record, String> {
+    let raw: RawLine = serde_json::from_slice(body).map_err(|e| format!("not a journal record: {e}"))?;
+    if raw.seq != seq {
+        return Err("sequence number does not match".into());
+    }
+    let event = Event::from_parts(raw.kind, raw.data.get())?;
+    Ok(Record { seq, ts: raw.ts, event, data: raw.data.get().to_string() })
+}
+
+/// Checks every line of the journal at `path` but parses only the last intact one:
+/// enough to learn how a run ended without folding it.
+pub fn last_record(path: &Path) -> Result<(Scan, Option<Record>), JournalError> {
+    let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
+    let scan = scan_bytes_with(path, &bytes, u64::MAX, 0)?;
+    let intact = &bytes[..usize::try_from(scan.valid_len).unwrap_or(0).min(bytes.len())];
+    let body = intact.strip_suffix(b"\n").unwrap_or(intact);
+    let line = &body[body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..];
+    let record = match scan.last_seq {
+        0 => None,
+        seq => Some(parse_record(line, seq).map_err(|reason| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: seq,
+            reason,
+        })?),
+    };
+    Ok((scan, record))
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {

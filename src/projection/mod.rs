@@ -257,6 +257,14 @@ impl Projection {
         Ok(result)
     }
 
+    /// The journal length the rows of `run_id` cover, if it has rows.
+    pub fn journal_bytes(&self, run_id: &str) -> Option<u64> {
+        self.conn
+            .query_row("SELECT journal_bytes FROM runs WHERE run_id = ?1", [run_id], |r| r.get::<_, i64>(0))
+            .ok()
+            .map(|b| b as u64)
+    }
+
     /// Changes how long this connection waits for other writers.
     pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), ProjectionError> {
         self.busy_timeout = timeout;

@@ -18,7 +18,6 @@ use crate::journal::{
     Event, FailReason, InterruptReason, StepFailed, StepInterrupted, StepStarted, StepSucceeded,
 };
 use crate::report::human;
-use crate::scheduler;
 use crate::store::STEPS_DIR;
 
 /// How often a group that survived SIGKILL is looked at again (zombies wait for reaping).
@@ -65,13 +64,16 @@ impl Running {
 impl Session {
     pub(super) fn start_ready(&mut self) -> Result<(), SessionError> {
         let now = Instant::now();
-        for idx in scheduler::ready(&self.flow, &self.state) {
-            if self.running.len() >= self.jobs {
+        let mut starts = Vec::new();
+        for idx in self.sched.ready() {
+            if self.running.len() + starts.len() >= self.jobs {
                 break;
             }
-            if self.retry_at.get(&idx).is_some_and(|at| *at > now) {
-                continue;
+            if !self.retry_at.get(&idx).is_some_and(|at| *at > now) {
+                starts.push(idx);
             }
+        }
+        for idx in starts {
             self.retry_at.remove(&idx);
             self.start_attempt(idx)?;
         }
@@ -307,10 +309,7 @@ impl Session {
         });
         // A due retry only matters when a slot is free to start it.
         let retries = (self.stop.is_none() && self.running.len() < self.jobs)
-            .then(|| {
-                let ready = scheduler::ready(&self.flow, &self.state);
-                self.retry_at.iter().filter(move |(i, _)| ready.contains(i)).map(|(_, t)| Some(*t))
-            })
+            .then(|| self.retry_at.iter().filter(|(i, _)| self.sched.is_ready(**i)).map(|(_, t)| Some(*t)))
             .into_iter()
             .flatten();
         timers.chain(retries).flatten().min()

@@ -20,16 +20,18 @@ pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
 use attempts::{Running, checked_after};
 
+use crate::crashpoint;
 use crate::executor::{self, Exit, Gated, Reaper};
 use crate::flow::Flow;
 use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
 use crate::projection::Projection;
 use crate::report::Reporter;
+use crate::scheduler::{self, Scheduler};
 use crate::state::{RunState, write_snapshot};
 use crate::store::RunLock;
-use crate::{crashpoint, scheduler};
 
-/// A snapshot is written after this many events, and when the session ends.
+/// A snapshot is written after at least this many events (and twice as many as the run
+/// has steps, so its cost stays in proportion), and when the session ends.
 const SNAPSHOT_EVERY: u64 = 1000;
 /// How long a live run leaves the projection alone after an update failed.
 const PROJECTION_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -70,6 +72,7 @@ pub struct Session {
     _lock: RunLock,
     journal: JournalWriter,
     state: RunState,
+    sched: Scheduler,
     projection: Option<Projection>,
     projection_warned: bool,
     /// After a failed update (another process held the database), skip updates until then.
@@ -109,6 +112,7 @@ impl Session {
         .map_err(SessionError::Setup)?;
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         Ok(Session {
+            sched: Scheduler::new(&flow, &state),
             flow,
             dir,
             _lock: lock,
@@ -161,7 +165,7 @@ impl Session {
                     return Ok(SessionEnd::Interrupted(signal));
                 }
                 // Steps waiting for a retry are still ready; the loop waits for their time.
-                if scheduler::ready(&self.flow, &self.state).is_empty() {
+                if self.sched.is_idle() {
                     return self.finish();
                 }
             }
@@ -225,8 +229,13 @@ impl Session {
 
     /// Stages an event and folds it into the state; it is acted on after `commit`.
     fn record(&mut self, event: Event) -> Result<(), SessionError> {
-        let record = self.journal.stage(event).clone();
-        self.state.apply(&record).map_err(|e| SessionError::Internal(format!("event does not fold: {e}")))
+        let record = self.journal.stage(event);
+        self.state.apply(record).map_err(|e| SessionError::Internal(format!("event does not fold: {e}")))?;
+        match record.event.step().and_then(|id| self.state.step_pos(id)) {
+            Some(i) => self.sched.sync(&self.state, i),
+            None => self.sched.sync_all(&self.state),
+        }
+        Ok(())
     }
 
     /// Makes staged events durable, then acts on them.
@@ -251,7 +260,7 @@ impl Session {
         self.update_projection(&records, now);
         crashpoint::reached("after-projection");
         self.since_snapshot += records.len() as u64;
-        if self.since_snapshot >= SNAPSHOT_EVERY {
+        if self.since_snapshot >= SNAPSHOT_EVERY.max(2 * self.state.steps.len() as u64) {
             self.snapshot();
         }
         Ok(())

@@ -13,7 +13,7 @@ use crate::executor::{self, procfs};
 use crate::flow::{Flow, FlowError};
 use crate::journal::{
     self, Event, InterruptReason, JOURNAL_FILE, JOURNAL_FORMAT, JournalError, JournalRepaired, JournalWriter,
-    RunResumed, RunStarted, StepInterrupted,
+    Record, RunOutcome, RunResumed, RunStarted, StepInterrupted,
 };
 use crate::projection::{LIVE_BUSY_TIMEOUT, Projection};
 use crate::report::{Reporter, Verbosity};
@@ -124,6 +124,20 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     let lock = RunLock::acquire(&dir, run_id)?;
     crate::fsutil::remove_stale_temps(&dir.join(SNAPSHOT_FILE));
     let report = Reporter::new(opts.verbosity, &dir);
+    let journal_path = dir.join(JOURNAL_FILE);
+
+    // A run that already succeeded says so in its last event: no fold, no flow needed.
+    let (scan, last) = journal::last_record(&journal_path)?;
+    let succeeded =
+        |r: &Record| matches!(&r.event, Event::RunFinished(f) if f.outcome == RunOutcome::Succeeded);
+    if scan.torn.is_none() && last.as_ref().is_some_and(succeeded) {
+        if let Ok(mut p) = Projection::open_with(runs, LIVE_BUSY_TIMEOUT)
+            && p.journal_bytes(run_id) != Some(scan.valid_len)
+        {
+            let _ = p.sync_run(run_id);
+        }
+        return Ok(Resumed::Done);
+    }
 
     let loaded = load_run(&dir, true, u64::MAX)?;
     if let SnapshotUse::Ignored(why) = &loaded.snapshot {
@@ -136,7 +150,6 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
         Err(_) if done => return Ok(Resumed::Done),
         Err(e) => return Err(e),
     };
-    let journal_path = dir.join(JOURNAL_FILE);
     let repaired = match &loaded.torn {
         Some(torn) => {
             let kept_in = journal::repair_torn_tail(&journal_path, torn)?;

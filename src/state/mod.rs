@@ -34,6 +34,7 @@ impl RunStatus {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(usize)]
 pub enum StepStatus {
     /// Not started in this session (never run, or failed before a resume).
     Pending,
@@ -161,15 +162,22 @@ pub struct RunState {
     /// Time of the last applied event.
     pub last_ts: String,
     pub steps: Vec<StepState>,
+    /// Derived lookups, rebuilt after deserialising and ignored by equality.
     #[serde(skip)]
-    index: StepIndex,
+    index: Derived,
 }
 
-/// Step id -> position; rebuilt after deserialising, ignored by equality.
+/// Step id -> position, and how many steps have each status (so that counting is O(1)
+/// for runs of any size).
 #[derive(Clone, Debug, Default)]
-struct StepIndex(HashMap<String, usize>);
+struct Derived {
+    positions: HashMap<String, usize>,
+    counts: [usize; STATUSES],
+}
 
-impl PartialEq for StepIndex {
+const STATUSES: usize = 6;
+
+impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -221,10 +229,10 @@ impl RunState {
             seq: 1,
             last_ts: record.ts.clone(),
             steps,
-            index: StepIndex::default(),
+            index: Derived::default(),
         };
         state.reindex();
-        if state.index.0.len() != state.steps.len() {
+        if state.index.positions.len() != state.steps.len() {
             return Err(fold_err(record, "duplicate step ids"));
         }
         Ok(state)
@@ -244,13 +252,21 @@ impl RunState {
         Ok(state)
     }
 
-    /// Must be called after deserialising (the index is not stored).
+    /// Must be called after deserialising (the derived lookups are not stored).
     pub fn reindex(&mut self) {
-        self.index.0 = self.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        self.index.positions = self.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.index.counts = [0; STATUSES];
+        for step in &self.steps {
+            self.index.counts[step.status as usize] += 1;
+        }
     }
 
     pub fn step_pos(&self, id: &str) -> Option<usize> {
-        self.index.0.get(id).copied()
+        self.index.positions.get(id).copied()
     }
 
     pub fn step(&self, id: &str) -> Option<&StepState> {
@@ -263,6 +279,7 @@ impl RunState {
             return Err(fold_err(record, &format!("expected event {}", self.seq + 1)));
         }
         let ts = &record.ts;
+        let before = record.event.step().and_then(|id| self.step_pos(id)).map(|i| (i, self.steps[i].status));
         match &record.event {
             Event::RunStarted(_) => return Err(fold_err(record, "a run can only start once")),
             Event::RunResumed(e) => {
@@ -291,6 +308,8 @@ impl RunState {
                     ));
                 }
                 expect_next_attempt(record, step, e.attempt)?;
+                // Most steps have one attempt: do not reserve room for four.
+                step.attempts.reserve_exact(1);
                 step.attempts.push(Attempt {
                     pid: Some(e.pid),
                     proc_start: Some(e.proc_start),
@@ -317,6 +336,7 @@ impl RunState {
                     && step.attempts.last().is_none_or(|a| a.attempt != e.attempt)
                 {
                     expect_next_attempt(record, step, e.attempt)?;
+                    step.attempts.reserve_exact(1);
                     step.attempts.push(Attempt::begin(e.visit, e.attempt, ts));
                     step.session_attempts += 1;
                 }
@@ -359,6 +379,14 @@ impl RunState {
                 self.finished_at = Some(ts.clone());
             }
         }
+        match before {
+            Some((i, old)) if old != self.steps[i].status => {
+                self.index.counts[old as usize] -= 1;
+                self.index.counts[self.steps[i].status as usize] += 1;
+            }
+            Some(_) => {}
+            None => self.recount(),
+        }
         self.seq = record.seq;
         self.last_ts.clone_from(ts);
         Ok(())
@@ -377,7 +405,7 @@ impl RunState {
     }
 
     pub fn count(&self, status: StepStatus) -> usize {
-        self.steps.iter().filter(|s| s.status == status).count()
+        self.index.counts[status as usize]
     }
 
     /// Attempts across all steps.
@@ -483,13 +511,23 @@ mod tests {
         assert_eq!(s.steps[0].status, StepStatus::Retrying);
         for r in &recs[3..6] {
             s.apply(r).expect("apply");
+            assert_counts_match(&s);
         }
         assert_eq!((s.steps[0].status, s.steps[0].session_attempts), (StepStatus::Failed, 2));
         assert_eq!(s.status, RunStatus::Failed);
         s.apply(&recs[6]).expect("apply");
+        assert_counts_match(&s);
         assert_eq!((s.steps[0].status, s.steps[0].session_attempts), (StepStatus::Pending, 0));
         assert_eq!((s.status, s.sessions, s.finished_at.clone()), (RunStatus::Running, 2, None));
         assert_eq!(s.steps[0].attempts.len(), 2);
+    }
+
+    fn assert_counts_match(s: &RunState) {
+        use StepStatus::*;
+        for status in [Pending, Running, Retrying, Succeeded, Failed, Interrupted] {
+            let naive = s.steps.iter().filter(|st| st.status == status).count();
+            assert_eq!(s.count(status), naive, "{status:?}");
+        }
     }
 
     #[test]

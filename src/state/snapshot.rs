@@ -1,10 +1,12 @@
 //! `state.json`: a cache of the fold up to some `seq`, so a resume replays only the rest.
 //!
-//! The file is two lines: a header (format, the journal position it covers, a checksum
-//! of the second line) and the state itself. A snapshot is trusted only if its own
-//! checksum holds and the journal line it claims to cover has the checksum it recorded;
-//! otherwise it is ignored. Deleting it changes nothing.
+//! The file is two lines: the state itself, then a trailer (format, the journal position
+//! it covers, a checksum of the state line). The trailer comes last so the state can be
+//! streamed to disk while it is hashed. A snapshot is trusted only if its own checksum
+//! holds and the journal line it claims to cover has the checksum it recorded; otherwise
+//! it is ignored. Deleting it changes nothing.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,7 @@ pub struct Snapshot {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct Trailer {
     format: u32,
     seq: u64,
     sum: String,
@@ -32,20 +34,39 @@ struct Header {
     state_hash: String,
 }
 
+/// Passes writes through while hashing them.
+struct Hashing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Writes `state.json` atomically (temp file, fsync, rename, fsync directory).
 pub fn write_snapshot(run_dir: &Path, state: &RunState, sum: &str) -> std::io::Result<()> {
-    let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    let header = Header {
-        format: SNAPSHOT_FORMAT,
-        seq: state.seq,
-        sum: sum.to_string(),
-        state_hash: blake3::hash(&body).to_hex().to_string(),
-    };
-    let mut bytes = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    bytes.extend_from_slice(&body);
-    bytes.push(b'\n');
-    fsutil::write_atomic(&run_dir.join(SNAPSHOT_FILE), &bytes)
+    fsutil::write_atomic(&run_dir.join(SNAPSHOT_FILE), |out| {
+        let mut body = Hashing { inner: &mut *out, hasher: blake3::Hasher::new() };
+        serde_json::to_writer(&mut body, state).map_err(std::io::Error::other)?;
+        let trailer = Trailer {
+            format: SNAPSHOT_FORMAT,
+            seq: state.seq,
+            sum: sum.to_string(),
+            state_hash: body.hasher.finalize().to_hex().to_string(),
+        };
+        out.write_all(b"\n")?;
+        serde_json::to_writer(&mut *out, &trailer).map_err(std::io::Error::other)?;
+        out.write_all(b"\n")
+    })
 }
 
 /// Loads the snapshot if there is a usable one. `Err` says why an existing one was ignored.
@@ -57,18 +78,19 @@ pub fn load_snapshot(run_dir: &Path) -> Result<Option<Snapshot>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let unusable = |why: String| format!("{} is unusable: {why}", path.display());
-    let mut lines = bytes.split(|&b| b == b'\n');
-    let (Some(head), Some(body)) = (lines.next(), lines.next()) else {
+    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let Some(split) = content.iter().rposition(|&b| b == b'\n') else {
         return Err(unusable("it is not a snapshot".into()));
     };
-    let header: Header = serde_json::from_slice(head).map_err(|e| unusable(e.to_string()))?;
-    if header.format != SNAPSHOT_FORMAT {
-        return Err(unusable(format!("format {}, expected {SNAPSHOT_FORMAT}", header.format)));
+    let (body, trailer) = (&content[..split], &content[split + 1..]);
+    let trailer: Trailer = serde_json::from_slice(trailer).map_err(|e| unusable(e.to_string()))?;
+    if trailer.format != SNAPSHOT_FORMAT {
+        return Err(unusable(format!("format {}, expected {SNAPSHOT_FORMAT}", trailer.format)));
     }
-    if blake3::hash(body).to_hex().as_str() != header.state_hash {
+    if blake3::hash(body).to_hex().as_str() != trailer.state_hash {
         return Err(unusable("its checksum does not match (damaged)".into()));
     }
     let mut state: RunState = serde_json::from_slice(body).map_err(|e| unusable(e.to_string()))?;
     state.reindex();
-    Ok(Some(Snapshot { seq: header.seq, sum: header.sum, state }))
+    Ok(Some(Snapshot { seq: trailer.seq, sum: trailer.sum, state }))
 }

@@ -64,20 +64,39 @@ fn killed_between_journal_and_projection_the_projection_catches_up() {
 }
 
 #[test]
-fn killed_mid_snapshot_the_old_state_stays_and_the_temp_is_removed() {
-    let env = Env::new();
-    crash_at(&env, "snapshot-temp:1");
-    let dir = env.run_dir("c");
-    let temps = || {
-        std::fs::read_dir(&dir)
-            .expect("run dir")
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.tmp-"))
-            .count()
-    };
-    assert_eq!(temps(), 1);
-    assert!(!dir.join("state.json").exists(), "a snapshot appeared without its rename");
-    env.run(&["resume", "--run-id", "c"]).code(0).stderr_has("already succeeded");
-    assert_eq!(temps(), 0, "resume leaves no stale snapshot temp behind");
-    assert_eq!((env.count("a.out"), env.count("b.out")), (1, 1));
+fn killed_at_any_point_of_a_snapshot_write_state_json_is_old_or_new() {
+    for point in ["snapshot-written", "snapshot-synced", "snapshot-renamed"] {
+        let env = Env::new();
+        let flow = env.flow("f", "[[steps]]\nid='a'\nrun='test -f ok'\n[[steps]]\nid='b'\nrun='true'\n");
+        env.run(&["run", &flow, "--run-id", "c"]).code(1);
+        let dir = env.run_dir("c");
+        let old = std::fs::read(dir.join("state.json")).expect("first snapshot");
+        env.write("ok", "");
+        let out = env
+            .command(&["resume", "--run-id", "c"])
+            .env(runner::crashpoint::ENV, point)
+            .output()
+            .expect("runner");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{point}: the runner should have killed itself");
+        let temps = || {
+            std::fs::read_dir(&dir)
+                .expect("run dir")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.tmp-"))
+                .count()
+        };
+        let now = std::fs::read(dir.join("state.json")).expect("a snapshot is always there");
+        if point == "snapshot-renamed" {
+            assert_ne!(now, old, "{point}: the new snapshot should be in place");
+            assert_eq!(temps(), 0);
+        } else {
+            assert_eq!(now, old, "{point}: the old snapshot must stay until the rename");
+            assert_eq!(temps(), 1);
+        }
+        // Old or new, it is whole and agrees with the journal.
+        env.run(&["verify", "--run-id", "c"]).code(0).stdout_has("state.json: equals the fold");
+        env.run(&["resume", "--run-id", "c"]).code(0).stderr_has("already succeeded");
+        assert_eq!(temps(), 0, "{point}: resume leaves no stale snapshot temp behind");
+    }
 }
