@@ -69,7 +69,7 @@ impl Session {
             if self.running.len() + starts.len() >= self.jobs {
                 break;
             }
-            if !self.retry_at.get(&idx).is_some_and(|at| *at > now) {
+            if self.retry_at.get(&idx).is_none_or(|at| *at <= now) {
                 starts.push(idx);
             }
         }
