@@ -90,7 +90,7 @@ fn load_code(e: &LoadError) -> ExitCode {
 
 fn session_code(e: &SessionError) -> ExitCode {
     match e {
-        SessionError::Journal(e) => journal_code(e),
+        SessionError::Journal(e) | SessionError::Commit { source: e, .. } => journal_code(e),
         SessionError::Internal(_) | SessionError::Setup(_) => ExitCode::Internal,
         SessionError::LeftoversSurvived { .. } => ExitCode::Locked,
     }

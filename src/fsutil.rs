@@ -25,11 +25,11 @@ pub fn write_atomic(
         write(&mut out)?;
         out.flush()?;
         drop(out);
-        crate::crashpoint::reached("snapshot-written");
+        crate::faults::reached("snapshot-written");
         f.sync_all()?;
-        crate::crashpoint::reached("snapshot-synced");
+        crate::faults::reached("snapshot-synced");
         std::fs::rename(&tmp, path)?;
-        crate::crashpoint::reached("snapshot-renamed");
+        crate::faults::reached("snapshot-renamed");
         sync_dir(dir)
     })();
     if result.is_err() {

@@ -7,10 +7,10 @@
 
 pub mod cli;
 pub mod commands;
-pub mod crashpoint;
 pub mod error;
 pub mod executor;
 pub mod exit;
+pub mod faults;
 pub mod flow;
 pub mod fsutil;
 pub mod journal;

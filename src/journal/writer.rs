@@ -94,7 +94,7 @@ impl JournalWriter {
         if self.staged.is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.file.write_all(&self.buf).and_then(|()| self.file.sync_data());
+        let result = self.write_and_sync();
         if let Err(e) = result {
             self.failed = true;
             return Err(JournalError::io(&self.path, e));
@@ -104,6 +104,19 @@ impl JournalWriter {
         self.durable_seq = self.next_seq - 1;
         self.durable_sum.clone_from(&self.last_sum);
         Ok(std::mem::take(&mut self.staged))
+    }
+
+    fn write_and_sync(&mut self) -> std::io::Result<()> {
+        if let Some(e) = crate::faults::io_error("journal-write") {
+            // As a full disk does: part of the batch lands, then the write fails.
+            self.file.write_all(&self.buf[..self.buf.len() / 2])?;
+            return Err(e);
+        }
+        self.file.write_all(&self.buf)?;
+        if let Some(e) = crate::faults::io_error("journal-sync") {
+            return Err(e);
+        }
+        self.file.sync_data()
     }
 
     /// Bytes durably in the journal.
@@ -127,5 +140,25 @@ impl JournalWriter {
     /// Follows the file after its directory was renamed (the descriptor stays valid).
     pub(crate) fn moved_to(&mut self, path: &Path) {
         self.path = path.to_path_buf();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Event, RunInterrupted};
+
+    #[test]
+    fn a_failed_commit_is_never_retried_on_the_same_descriptor() {
+        // Writes to /dev/full fail with ENOSPC, like a full disk.
+        let file = OpenOptions::new().append(true).open("/dev/full").expect("/dev/full");
+        let mut w = JournalWriter::with(file, Path::new("/dev/full"), 0, ZERO_SUM.to_string(), 0);
+        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into() }));
+        let first = w.commit().expect_err("the disk is full");
+        assert!(matches!(first, JournalError::Io { .. }), "{first}");
+        assert!(first.to_string().contains("No space left"), "{first}");
+        assert_eq!((w.len(), w.durable_end().0), (0, 0), "nothing was acknowledged");
+        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into() }));
+        assert!(matches!(w.commit(), Err(JournalError::WriterFailed { .. })));
     }
 }

@@ -20,8 +20,8 @@ pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
 use attempts::{Running, checked_after};
 
-use crate::crashpoint;
 use crate::executor::{self, Exit, Gated, Reaper};
+use crate::faults;
 use crate::flow::Flow;
 use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
 use crate::projection::Projection;
@@ -48,6 +48,15 @@ pub enum SessionEnd {
 pub enum SessionError {
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(
+        "run `{run_id}` stopped: {source}. Nothing after the last durable event was acted on; \
+         fix the cause (free space?), then run `runner resume --run-id {run_id}`"
+    )]
+    Commit {
+        run_id: String,
+        #[source]
+        source: JournalError,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("cannot start the runner's helper threads: {0}")]
@@ -243,9 +252,12 @@ impl Session {
         if !self.journal.has_staged() {
             return Ok(());
         }
-        crashpoint::reached("before-commit");
-        let records = self.journal.commit()?;
-        crashpoint::reached("after-commit");
+        faults::reached("before-commit");
+        let records = self
+            .journal
+            .commit()
+            .map_err(|source| SessionError::Commit { run_id: self.state.run_id.clone(), source })?;
+        faults::reached("after-commit");
         let now = Instant::now();
         for (pid, gate) in self.gates.drain(..) {
             if let Some(r) = self.running.get_mut(&pid) {
@@ -258,7 +270,7 @@ impl Session {
             self.report.event(r, &self.state);
         }
         self.update_projection(&records, now);
-        crashpoint::reached("after-projection");
+        faults::reached("after-projection");
         self.since_snapshot += records.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY.max(2 * self.state.steps.len() as u64) {
             self.snapshot();

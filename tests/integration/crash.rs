@@ -1,4 +1,4 @@
-//! Killing the runner at exactly the bad moments (see `src/crashpoint.rs`).
+//! Killing the runner at exactly the bad moments (see `src/faults.rs`).
 
 use crate::util::*;
 
@@ -15,7 +15,7 @@ fn crash_at(env: &Env, point: &str) -> Run {
     let flow = env.flow("f", FLOW);
     let out = env
         .command(&["run", &flow, "--run-id", "c"])
-        .env(runner::crashpoint::ENV, point)
+        .env(runner::faults::ENV, point)
         .output()
         .expect("runner");
     use std::os::unix::process::ExitStatusExt;
@@ -74,7 +74,7 @@ fn killed_at_any_point_of_a_snapshot_write_state_json_is_old_or_new() {
         env.write("ok", "");
         let out = env
             .command(&["resume", "--run-id", "c"])
-            .env(runner::crashpoint::ENV, point)
+            .env(runner::faults::ENV, point)
             .output()
             .expect("runner");
         use std::os::unix::process::ExitStatusExt;

@@ -3,6 +3,7 @@
 mod util;
 
 mod crash;
+mod disk;
 mod golden;
 mod inputs;
 mod journal;
