@@ -1,8 +1,8 @@
 //! Test hooks for durability tests, inert unless their environment variable is set.
 //!
-//! `RUNNER_TEST_CRASH_AT=point[:n]` makes the runner SIGKILL itself the n-th time (default
-//! 1) it reaches `point`, so tests kill it at exactly the bad moment instead of hoping a
-//! timed kill lands there. Points: `before-commit` (events staged, not yet durable;
+//! `RUNNER_TEST_CRASH_AT=point[:n]` makes the runner SIGKILL itself the n-th time it
+//! reaches `point` (the first, by default), so tests kill it at exactly the bad moment
+//! instead of hoping a timed kill lands there. Points: `before-commit` (events staged, not yet durable;
 //! children wait at their gates), `after-commit` (events durable; gates not opened,
 //! projection not updated), `after-projection`, and for `state.json`: `snapshot-written`
 //! (temp file written, not synced), `snapshot-synced` (synced, not renamed),
