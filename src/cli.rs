@@ -99,6 +99,10 @@ pub struct ResumeArgs {
     /// How many steps may run at once (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+    /// Continue although the run's copy of its flow (runs/ID/flow.toml) was edited; the
+    /// steps must stay the same. The change is recorded in the journal
+    #[arg(long)]
+    pub accept_flow_change: bool,
 }
 
 #[derive(Debug, Args)]

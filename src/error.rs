@@ -43,7 +43,9 @@ impl Error {
                 OpenError::Store(e) => store_code(e),
                 OpenError::Load(e) => load_code(e),
                 OpenError::Journal(e) => journal_code(e),
-                OpenError::FlowEdited { .. } | OpenError::FlowInvalid { .. } => ExitCode::Usage,
+                OpenError::FlowEdited { .. }
+                | OpenError::StepsChanged { .. }
+                | OpenError::FlowInvalid { .. } => ExitCode::Usage,
                 OpenError::Session(e) => session_code(e),
             },
             Error::Session(e) => session_code(e),

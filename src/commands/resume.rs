@@ -14,7 +14,11 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         (None, Some(flow)) => runs.last(Some(flow.as_str()).filter(|f| !f.is_empty()))?,
         (None, None) => return Err(Error::Usage("give --run-id ID or --last".into())),
     };
-    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity() };
+    let opts = SessionOptions {
+        jobs: jobs(args.jobs),
+        verbosity: g.verbosity(),
+        accept_flow_change: args.accept_flow_change,
+    };
     resume_run(g, &id, &opts)
 }
 

@@ -17,7 +17,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         std::fs::read(&args.flow).map_err(|e| FlowError::whole_file(&args.flow, FlowErrorKind::Read(e)))?;
     let flow = Flow::from_bytes(&args.flow, &bytes)?;
     let given = parse_param_args(&args.params)?;
-    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity() };
+    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity(), accept_flow_change: false };
     let runs = g.runs();
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;

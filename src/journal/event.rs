@@ -51,6 +51,8 @@ events! {
     RunResumed(RunResumed),
     /// A torn tail was cut from the journal on resume and kept aside.
     JournalRepaired(JournalRepaired),
+    /// The run continues with an edited copy of its flow, as a user explicitly accepted.
+    FlowChanged(FlowChanged),
     StepStarted(StepStarted),
     StepSucceeded(StepSucceeded),
     StepFailed(StepFailed),
@@ -118,6 +120,14 @@ pub struct JournalRepaired {
     /// File (in the run directory) where the cut bytes were kept.
     pub kept_in: String,
     pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowChanged {
+    pub previous_hash: String,
+    /// blake3 of the run's `flow.toml` from now on.
+    pub flow_hash: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

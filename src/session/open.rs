@@ -12,8 +12,8 @@ use super::{Session, SessionError};
 use crate::executor::{self, procfs};
 use crate::flow::{Flow, FlowError};
 use crate::journal::{
-    self, Event, InterruptReason, JOURNAL_FILE, JOURNAL_FORMAT, JournalError, JournalRepaired, JournalWriter,
-    Record, RunOutcome, RunResumed, RunStarted, StepInterrupted,
+    self, Event, FlowChanged, InterruptReason, JOURNAL_FILE, JOURNAL_FORMAT, JournalError, JournalRepaired,
+    JournalWriter, Record, RunOutcome, RunResumed, RunStarted, StepInterrupted,
 };
 use crate::projection::{LIVE_BUSY_TIMEOUT, Projection};
 use crate::report::{Reporter, Verbosity};
@@ -25,6 +25,8 @@ use crate::store::{FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreErr
 pub struct SessionOptions {
     pub jobs: usize,
     pub verbosity: Verbosity,
+    /// Continue with an edited copy of the flow (journaled as `FlowChanged`).
+    pub accept_flow_change: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +39,18 @@ pub enum OpenError {
     Journal(#[from] JournalError),
     #[error(
         "run `{run_id}`: {} no longer matches the flow the run started with; the runner will \
-         not resume a run whose plan changed. Restore the file or start a new run",
+         not resume a run whose plan changed. Restore the file, or accept the change with \
+         `runner resume --run-id {run_id} --accept-flow-change` (it is recorded in the journal)",
         path.display()
     )]
     FlowEdited { run_id: String, path: PathBuf },
+    #[error(
+        "run `{run_id}`: the steps in {} are not the steps the run started with (same ids, same \
+         order); a run can take changed commands, environment, timeouts or retries, not \
+         changed steps. Restore the file or start a new run",
+        path.display()
+    )]
+    StepsChanged { run_id: String, path: PathBuf },
     #[error("run `{run_id}`: its copy of the flow is invalid: {source}")]
     FlowInvalid {
         run_id: String,
@@ -145,8 +155,8 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     }
     let done = loaded.state.status == RunStatus::Succeeded;
     // A run that already succeeded needs nothing from its flow.
-    let flow = match run_flow(&dir, &loaded.state) {
-        Ok(flow) => flow,
+    let (flow, flow_change) = match run_flow(&dir, &loaded.state, opts.accept_flow_change) {
+        Ok(found) => found,
         Err(_) if done => return Ok(Resumed::Done),
         Err(e) => return Err(e),
     };
@@ -171,26 +181,41 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
         return Ok(Resumed::Done);
     }
     session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
+    if let Some(change) = flow_change {
+        session.report.warn(&format!(
+            "continuing with the edited flow {} (recorded in the journal)",
+            session.dir.join(FLOW_COPY).display()
+        ));
+        session.record(Event::FlowChanged(change))?;
+    }
     session.interrupt_leftovers()?;
     Ok(Resumed::Ready(Box::new(session)))
 }
 
 /// The run's own copy of its flow, refused if it is not the file the run started with.
-fn run_flow(dir: &Path, state: &RunState) -> Result<Flow, OpenError> {
+fn run_flow(
+    dir: &Path,
+    state: &RunState,
+    accept_change: bool,
+) -> Result<(Flow, Option<FlowChanged>), OpenError> {
     let path = dir.join(FLOW_COPY);
-    let edited = || OpenError::FlowEdited { run_id: state.run_id.clone(), path: path.clone() };
-    let bytes = std::fs::read(&path).map_err(|_| edited())?;
-    if blake3::hash(&bytes).to_hex().as_str() != state.flow_hash {
-        return Err(edited());
+    let run_id = state.run_id.clone();
+    let bytes = std::fs::read(&path)
+        .map_err(|_| OpenError::FlowEdited { run_id: run_id.clone(), path: path.clone() })?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let changed = hash != state.flow_hash;
+    if changed && !accept_change {
+        return Err(OpenError::FlowEdited { run_id, path });
     }
     let flow = Flow::from_bytes(&path, &bytes)
-        .map_err(|source| OpenError::FlowInvalid { run_id: state.run_id.clone(), source })?;
+        .map_err(|source| OpenError::FlowInvalid { run_id: run_id.clone(), source })?;
     let same_steps = flow.steps.len() == state.steps.len()
         && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);
     if !same_steps {
-        return Err(edited());
+        return Err(OpenError::StepsChanged { run_id, path });
     }
-    Ok(flow)
+    let change = changed.then(|| FlowChanged { previous_hash: state.flow_hash.clone(), flow_hash: hash });
+    Ok((flow, change))
 }
 
 impl Session {

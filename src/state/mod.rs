@@ -298,6 +298,12 @@ impl RunState {
                 }
             }
             Event::JournalRepaired(_) => self.journal_repairs += 1,
+            Event::FlowChanged(e) => {
+                if e.previous_hash != self.flow_hash {
+                    return Err(fold_err(record, "the flow change does not start from the run's flow"));
+                }
+                self.flow_hash.clone_from(&e.flow_hash);
+            }
             Event::StepStarted(e) => {
                 let boot_id = self.boot_id.clone();
                 let step = self.step_mut(record, &e.step)?;

@@ -129,7 +129,7 @@ fn deleting_the_snapshot_changes_nothing() {
 }
 
 #[test]
-fn an_edited_flow_copy_is_refused_on_resume() {
+fn an_edited_flow_copy_is_refused_unless_the_change_is_accepted() {
     let env = Env::new();
     let id = failed_run(&env);
     let copy = env.run_dir(&id).join("flow.toml");
@@ -140,9 +140,25 @@ fn an_edited_flow_copy_is_refused_on_resume() {
         .stderr_has("no longer matches the flow the run started with");
     env.run(&["verify", "--run-id", &id]).code(1).stderr_has("edited since the run started");
     // Editing the original flow does not affect the run: resume uses its own copy.
-    std::fs::write(&copy, text).expect("restore");
+    std::fs::write(&copy, &text).expect("restore");
     env.flow("gated", &GATED.replace("test -f fixed", "true"));
     env.run(&["resume", "--run-id", &id]).code(1);
+
+    // Changed steps are refused even when a change is accepted.
+    std::fs::write(&copy, text.replace("id = \"last\"", "id = \"final\"")).expect("edit");
+    env.run(&["resume", "--run-id", &id, "--accept-flow-change"])
+        .code(2)
+        .stderr_has("not the steps the run started with");
+    // A changed command is taken when accepted, and the journal says so.
+    std::fs::write(&copy, text.replace("test -f fixed", "true")).expect("edit");
+    env.run(&["resume", "--run-id", &id, "--accept-flow-change"])
+        .code(0)
+        .stderr_has("continuing with the edited flow");
+    let changes: Vec<_> = env.journal(&id).into_iter().filter(|e| e["type"] == "FlowChanged").collect();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["data"]["previous_hash"].as_str().map(str::len), Some(64));
+    env.run(&["verify", "--run-id", &id]).code(0);
+    env.assert_rebuild_matches_live();
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 mod util;
 
+mod chaos;
+mod concurrency;
 mod crash;
 mod disk;
 mod golden;

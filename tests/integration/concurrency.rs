@@ -1,0 +1,99 @@
+//! Many processes at once: one writer per run, many writers per projection, and a rebuild
+//! killed at random moments.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+#[test]
+fn of_two_concurrent_resumes_exactly_one_proceeds() {
+    let env = Env::new();
+    let flow = env.flow("slow-fail", "[[steps]]\nid='slow'\nrun='sleep 0.1; exit 1'\n");
+    env.run(&["run", &flow, "--run-id", "one"]).code(1);
+    let pairs = 100;
+    for pair in 0..pairs {
+        let a = env.spawn(&["-q", "resume", "--run-id", "one"]);
+        let b = env.spawn(&["-q", "resume", "--run-id", "one"]);
+        let mut codes = [finish(a, Duration::from_secs(30)).code, finish(b, Duration::from_secs(30)).code];
+        codes.sort_unstable();
+        assert_eq!(codes, [1, 4], "pair {pair}: one resume must run the step, the other must be refused");
+    }
+    env.run(&["verify", "--run-id", "one"]).code(0);
+    let resumes = env.journal("one").iter().filter(|e| e["type"] == "RunResumed").count();
+    assert_eq!(resumes, pairs);
+}
+
+#[test]
+fn twenty_concurrent_runs_share_one_projection() {
+    let env = Env::new();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let mut toml = String::new();
+            for s in 0..(5 + i % 7) {
+                toml.push_str(&format!("[[steps]]\nid = 'f{i}s{s}'\nrun = 'true'\n"));
+            }
+            let flow = env.flow(&format!("flow{i}"), &toml);
+            env.spawn(&["run", &flow, "--run-id", &format!("run{i}")])
+        })
+        .collect();
+    for child in children {
+        let out = finish(child, Duration::from_secs(120));
+        out.code(0);
+        assert!(
+            !out.stderr.contains("projection not updated"),
+            "a runner was refused the projection:\n{}",
+            out.stderr
+        );
+    }
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).expect("json");
+    assert_eq!(list.len(), 20);
+    assert!(list.iter().all(|r| r["status"] == "succeeded"));
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn a_rebuild_killed_at_any_moment_leaves_the_projection_intact() {
+    let env = Env::new();
+    let mut toml = String::new();
+    for s in 0..60 {
+        toml.push_str(&format!("[[steps]]\nid = 's{s}'\nneeds = []\nrun = 'true'\n"));
+    }
+    let flow = env.flow("wide", &toml);
+    for i in 0..25 {
+        env.run(&["-q", "run", &flow, "--run-id", &format!("r{i}"), "--jobs", "8"]).code(0);
+    }
+    let live = env.projection_dump();
+    let started = std::time::Instant::now();
+    env.run(&["rebuild-projection"]).code(0);
+    let full = started.elapsed();
+    let mut dice = 7u64;
+    for cycle in 0..50 {
+        dice = dice.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = Duration::from_micros((dice >> 33) % (full.as_micros() as u64 + 1));
+        let child = env.spawn(&["rebuild-projection"]);
+        std::thread::sleep(delay);
+        signal(child.id(), Signal::SIGKILL);
+        let _ = finish(child, Duration::from_secs(30));
+        let conn = rusqlite::Connection::open(env.runs_dir().join("projection.sqlite")).expect("open");
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
+        assert_eq!(check, "ok", "cycle {cycle}");
+        drop(conn);
+        assert_eq!(env.projection_dump(), live, "cycle {cycle}: the projection changed");
+        let names: Vec<String> = std::fs::read_dir(env.runs_dir())
+            .expect("runs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("projection"))
+            .collect();
+        assert!(
+            names.iter().all(|n| ["projection.sqlite", "projection.sqlite-wal", "projection.sqlite-shm"]
+                .contains(&n.as_str())),
+            "cycle {cycle}: leftovers {names:?}"
+        );
+    }
+    env.run(&["rebuild-projection"]).code(0).stdout_has("25 runs");
+    assert_eq!(env.projection_dump(), live);
+}
