@@ -10,15 +10,31 @@ use crate::util::*;
 #[test]
 fn of_two_concurrent_resumes_exactly_one_proceeds() {
     let env = Env::new();
-    let flow = env.flow("slow-fail", "[[steps]]\nid='slow'\nrun='sleep 0.1; exit 1'\n");
+    // The step holds the run until the test releases it, so the two resumes overlap for
+    // sure, however slowly either starts.
+    let flow = env.flow(
+        "held",
+        "[[steps]]\nid='held'\nrun='while [ ! -f release ]; do sleep 0.005; done; rm -f release; exit 1'\n",
+    );
+    env.write("release", "");
     env.run(&["run", &flow, "--run-id", "one"]).code(1);
     let pairs = 100;
-    for pair in 0..pairs {
-        let a = env.spawn(&["-q", "resume", "--run-id", "one"]);
-        let b = env.spawn(&["-q", "resume", "--run-id", "one"]);
-        let mut codes = [finish(a, Duration::from_secs(30)).code, finish(b, Duration::from_secs(30)).code];
-        codes.sort_unstable();
-        assert_eq!(codes, [1, 4], "pair {pair}: one resume must run the step, the other must be refused");
+    for _ in 0..pairs {
+        let mut a = env.spawn(&["-q", "resume", "--run-id", "one"]);
+        let mut b = env.spawn(&["-q", "resume", "--run-id", "one"]);
+        // Whichever finishes first was refused; the other holds the run until released.
+        let (first, second) = loop {
+            if a.try_wait().expect("wait").is_some() {
+                break (a, b);
+            }
+            if b.try_wait().expect("wait").is_some() {
+                break (b, a);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        finish(first, Duration::from_secs(30)).code(4).stderr_has("locked by another runner");
+        env.write("release", "");
+        finish(second, Duration::from_secs(30)).code(1);
     }
     env.run(&["verify", "--run-id", "one"]).code(0);
     let resumes = env.journal("one").iter().filter(|e| e["type"] == "RunResumed").count();
