@@ -1,8 +1,9 @@
 //! Reading and checking a journal: every line's checksum, the chain, the sequence.
 //!
 //! A bad line followed by nothing that checks out is a torn tail (a crash mid-write): it
-//! is reported and may be cut. A bad line followed by any line with a valid checksum is
-//! corruption in the middle: it is an error, never skipped.
+//! is reported and may be cut. A bad line that is followed by, or even contains, a
+//! complete line with a valid checksum is corruption in the middle (a write cut short
+//! cannot produce a whole checksummed line after the cut): it is an error, never skipped.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -95,8 +96,9 @@ pub fn scan_bytes_with(
             (Ok(_), true) => None,
         };
         if let Some(reason) = bad {
-            // Anything after this that checks out means the damage is not at the tail.
-            if has_newline && any_valid_line(&rest[body.len() + 1..]) {
+            // Anything from here on that checks out means the damage is not at the tail
+            // (a flipped newline merges two lines: the second still checks out inside).
+            if contains_valid_line(&rest[1..]) {
                 return Err(corrupt(line_no, reason));
             }
             scan.torn =
@@ -190,8 +192,20 @@ fn check_line(body: &[u8]) -> Result<(u64, &str, &str), String> {
     Ok((seq, prev, sum))
 }
 
-fn any_valid_line(bytes: &[u8]) -> bool {
-    bytes.split(|&b| b == b'\n').any(|l| check_line(l).is_ok())
+/// Whether a complete, valid line starts anywhere in `bytes`.
+fn contains_valid_line(bytes: &[u8]) -> bool {
+    const HEAD: &[u8] = b"{\"seq\":";
+    let mut from = 0;
+    while let Some(i) = bytes[from..].windows(HEAD.len()).position(|w| w == HEAD) {
+        let start = from + i;
+        let line = &bytes[start..];
+        let end = memchr_newline(line).unwrap_or(line.len());
+        if check_line(&line[..end]).is_ok() {
+            return true;
+        }
+        from = start + 1;
+    }
+    false
 }
 
 /// Moves a torn tail out of the journal: appends the bytes to `journal.jsonl.broken`

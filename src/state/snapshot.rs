@@ -30,8 +30,31 @@ struct Trailer {
     format: u32,
     seq: u64,
     sum: String,
-    /// blake3 of the state line, so a damaged snapshot is ignored rather than trusted.
-    state_hash: String,
+    /// blake3 of the state line and of this trailer's other fields, so a damaged snapshot
+    /// is ignored rather than trusted.
+    hash: String,
+}
+
+impl Trailer {
+    /// Finishes `state` (a hasher fed with the state line) over the trailer's own fields.
+    fn expected(&self, state: blake3::Hasher) -> String {
+        let mut h = state;
+        h.update(format!("\n{}:{}:{}", self.format, self.seq, self.sum).as_bytes());
+        h.finalize().to_hex().to_string()
+    }
+
+    /// Parses the trailer of a snapshot file and checks it against the state line.
+    fn check(content: &[u8]) -> Result<(Trailer, &[u8]), String> {
+        let split = content.iter().rposition(|&b| b == b'\n').ok_or("it is not a snapshot")?;
+        let (body, tail) = (&content[..split], &content[split + 1..]);
+        let trailer: Trailer = serde_json::from_slice(tail).map_err(|e| e.to_string())?;
+        let mut h = blake3::Hasher::new();
+        h.update(body);
+        if trailer.expected(h) != trailer.hash {
+            return Err("its checksum does not match (damaged)".into());
+        }
+        Ok((trailer, body))
+    }
 }
 
 /// Passes writes through while hashing them.
@@ -57,16 +80,21 @@ pub fn write_snapshot(run_dir: &Path, state: &RunState, sum: &str) -> std::io::R
     fsutil::write_atomic(&run_dir.join(SNAPSHOT_FILE), |out| {
         let mut body = Hashing { inner: &mut *out, hasher: blake3::Hasher::new() };
         serde_json::to_writer(&mut body, state).map_err(std::io::Error::other)?;
-        let trailer = Trailer {
-            format: SNAPSHOT_FORMAT,
-            seq: state.seq,
-            sum: sum.to_string(),
-            state_hash: body.hasher.finalize().to_hex().to_string(),
-        };
+        let mut trailer =
+            Trailer { format: SNAPSHOT_FORMAT, seq: state.seq, sum: sum.to_string(), hash: String::new() };
+        trailer.hash = trailer.expected(body.hasher);
         out.write_all(b"\n")?;
         serde_json::to_writer(&mut *out, &trailer).map_err(std::io::Error::other)?;
         out.write_all(b"\n")
     })
+}
+
+/// The journal position an intact snapshot covers, without parsing its state: a snapshot
+/// is written only after what it covers is durable, so it proves that much was.
+pub fn covered_seq(run_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(run_dir.join(SNAPSHOT_FILE)).ok()?;
+    let (trailer, _) = Trailer::check(bytes.strip_suffix(b"\n").unwrap_or(&bytes)).ok()?;
+    (trailer.format == SNAPSHOT_FORMAT).then_some(trailer.seq)
 }
 
 /// Loads the snapshot if there is a usable one. `Err` says why an existing one was ignored.
@@ -78,17 +106,9 @@ pub fn load_snapshot(run_dir: &Path) -> Result<Option<Snapshot>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let unusable = |why: String| format!("{} is unusable: {why}", path.display());
-    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    let Some(split) = content.iter().rposition(|&b| b == b'\n') else {
-        return Err(unusable("it is not a snapshot".into()));
-    };
-    let (body, trailer) = (&content[..split], &content[split + 1..]);
-    let trailer: Trailer = serde_json::from_slice(trailer).map_err(|e| unusable(e.to_string()))?;
+    let (trailer, body) = Trailer::check(bytes.strip_suffix(b"\n").unwrap_or(&bytes)).map_err(unusable)?;
     if trailer.format != SNAPSHOT_FORMAT {
         return Err(unusable(format!("format {}, expected {SNAPSHOT_FORMAT}", trailer.format)));
-    }
-    if blake3::hash(body).to_hex().as_str() != trailer.state_hash {
-        return Err(unusable("its checksum does not match (damaged)".into()));
     }
     let mut state: RunState = serde_json::from_slice(body).map_err(|e| unusable(e.to_string()))?;
     state.reindex();

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::journal::{self, JOURNAL_FILE, JournalError, Record, Scan, TornTail};
-use crate::state::{FoldError, RunState, load_snapshot};
+use crate::state::{FoldError, RunState, covered_seq, load_snapshot};
 
 /// How the snapshot took part in a load.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,18 @@ pub enum LoadError {
 /// `seq > records_after` (pass `u64::MAX` when none are needed).
 pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
     let loaded = load(run_dir, use_snapshot, records_after)?;
+    // A torn tail is only ever made of events that were not yet durable; a snapshot that
+    // covers more than the intact journal proves some durable lines were lost.
+    if let Some(covered) = covered_seq(run_dir).filter(|&k| k > loaded.last_seq) {
+        return Err(LoadError::Journal(JournalError::Corrupt {
+            path: run_dir.join(JOURNAL_FILE),
+            line: loaded.last_seq + 1,
+            reason: format!(
+                "state.json shows event {covered} was durable, but the intact journal ends at event {}",
+                loaded.last_seq
+            ),
+        }));
+    }
     if run_dir.file_name().is_some_and(|name| *name != *loaded.state.run_id) {
         return Err(LoadError::WrongDirectory { dir: run_dir.to_path_buf(), holds: loaded.state.run_id });
     }
