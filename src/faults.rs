@@ -2,11 +2,12 @@
 //!
 //! `RUNNER_TEST_CRASH_AT=point[:n]` makes the runner SIGKILL itself the n-th time it
 //! reaches `point` (the first, by default), so tests kill it at exactly the bad moment
-//! instead of hoping a timed kill lands there. Points: `before-commit` (events staged, not yet durable;
-//! children wait at their gates), `after-commit` (events durable; gates not opened,
-//! projection not updated), `after-projection`, and for `state.json`: `snapshot-written`
-//! (temp file written, not synced), `snapshot-synced` (synced, not renamed),
-//! `snapshot-renamed` (renamed, directory not synced).
+//! instead of hoping a timed kill lands there. Points: `before-commit` (events staged, not
+//! yet durable; children wait at their gates), `after-commit` (events durable; gates not
+//! opened, projection not updated), `after-projection` (batch handed to the projection
+//! thread), and for `state.json`: `snapshot-written` (temp file written, not synced),
+//! `snapshot-synced` (synced, not renamed), `snapshot-renamed` (renamed, directory not
+//! synced).
 //!
 //! `RUNNER_TEST_IO_ERROR=point[:n[:kind]]` makes the n-th operation at `point` fail the way
 //! a full or failing disk does, where no real one is at hand. Points: `journal-write` (half

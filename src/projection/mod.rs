@@ -9,6 +9,7 @@
 
 mod rebuild;
 mod rows;
+mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 pub use rebuild::{RebuildStats, rebuild};
-pub use rows::{CANONICAL_ORDER, SCHEMA_VERSION};
+pub use rows::{Batch, CANONICAL_ORDER, RunRow, SCHEMA_VERSION};
+pub use worker::ProjectionWorker;
 
 use crate::journal::{JOURNAL_FILE, Record};
 use crate::state::RunState;
@@ -29,7 +31,7 @@ pub const PROJECTION_FILE: &str = "projection.sqlite";
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a live run waits: its steps matter more than its projection, which a later
 /// update catches up.
-pub const LIVE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+pub const LIVE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -150,14 +152,19 @@ impl Projection {
         records: &[Record],
         journal_bytes: u64,
     ) -> Result<(), ProjectionError> {
-        let Some(first) = records.first() else { return Ok(()) };
+        self.apply_batch(&Batch::of(state, records, journal_bytes))
+    }
+
+    /// Writes what a batch changed, unless other writers already got that far.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Result<(), ProjectionError> {
+        let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else { return Ok(()) };
+        let run_id = batch.run.run_id();
         self.reopen_if_replaced()?;
         let path = self.path.clone();
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-        let row = applied(&tx, &state.run_id).map_err(sql)?;
-        let applied = match row {
-            Some(r) if r.started_at == state.started_at => r.last_seq,
+        let applied = match applied(&tx, run_id).map_err(sql)? {
+            Some(r) if r.started_at == batch.run.started_at() => r.last_seq,
             None => 0,
             // Rows of another run that had this id: replace them.
             Some(_) => u64::MAX,
@@ -165,24 +172,15 @@ impl Projection {
         if applied == u64::MAX || applied + 1 < first.seq {
             // Behind (an update was missed) or not this run: bring it up from its journal.
             drop(tx);
-            return self.sync_run(&state.run_id).map(|_| ());
+            return self.sync_run(run_id).map(|_| ());
         }
-        let fresh: Vec<&Record> = records.iter().filter(|r| r.seq > applied).collect();
-        if fresh.is_empty() {
+        if applied >= last.seq {
             return Ok(());
         }
-        let fresh_owned: Vec<Record> = fresh.iter().map(|r| (*r).clone()).collect();
-        rows::insert_events(&tx, &state.run_id, &fresh_owned).map_err(sql)?;
-        // Events about one step change that step's rows; run-level events may change all.
-        let touched: HashSet<usize> = if fresh.iter().all(|r| r.event.step().is_some()) {
-            fresh.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
-        } else {
-            (0..state.steps.len()).collect()
-        };
-        let mut touched: Vec<usize> = touched.into_iter().collect();
-        touched.sort_unstable();
-        rows::upsert_steps(&tx, state, touched.into_iter()).map_err(sql)?;
-        rows::upsert_run(&tx, state, journal_bytes).map_err(sql)?;
+        let fresh: Vec<Record> = batch.records.iter().filter(|r| r.seq > applied).cloned().collect();
+        rows::insert_events(&tx, run_id, &fresh).map_err(sql)?;
+        rows::upsert_steps(&tx, run_id, batch.steps.iter().map(|(i, s)| (*i, s))).map_err(sql)?;
+        rows::upsert_run(&tx, &batch.run, batch.journal_bytes).map_err(sql)?;
         tx.commit().map_err(sql)
     }
 

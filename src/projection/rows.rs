@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 
 use crate::journal::Record;
-use crate::state::{RunState, StepStatus};
+use crate::state::{RunState, StepState, StepStatus};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -101,8 +101,57 @@ pub fn insert_events(conn: &Connection, run_id: &str, records: &[Record]) -> rus
     Ok(())
 }
 
-pub fn upsert_run(conn: &Connection, s: &RunState, journal_bytes: u64) -> rusqlite::Result<()> {
-    let params_json = serde_json::to_string(&s.params).unwrap_or_else(|_| "{}".into());
+/// The `runs` row of a run, derived from its folded state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRow {
+    run_id: String,
+    flow: String,
+    flow_path: String,
+    flow_hash: String,
+    status: &'static str,
+    started_at: String,
+    finished_at: Option<String>,
+    params: String,
+    workdir: String,
+    steps_total: i64,
+    steps_succeeded: i64,
+    steps_failed: i64,
+    sessions: u32,
+    last_seq: i64,
+    last_event_at: String,
+}
+
+impl RunRow {
+    pub fn of(s: &RunState) -> RunRow {
+        RunRow {
+            run_id: s.run_id.clone(),
+            flow: s.flow.clone(),
+            flow_path: s.flow_path.clone(),
+            flow_hash: s.flow_hash.clone(),
+            status: s.status.as_str(),
+            started_at: s.started_at.clone(),
+            finished_at: s.finished_at.clone(),
+            params: serde_json::to_string(&s.params).unwrap_or_else(|_| "{}".into()),
+            workdir: s.workdir.clone(),
+            steps_total: s.steps.len() as i64,
+            steps_succeeded: s.count(StepStatus::Succeeded) as i64,
+            steps_failed: s.count(StepStatus::Failed) as i64,
+            sessions: s.sessions,
+            last_seq: s.seq as i64,
+            last_event_at: s.last_ts.clone(),
+        }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn started_at(&self) -> &str {
+        &self.started_at
+    }
+}
+
+pub fn upsert_run(conn: &Connection, r: &RunRow, journal_bytes: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO runs (run_id, flow, flow_path, flow_hash, status, started_at,
             finished_at, params, workdir, steps_total, steps_succeeded, steps_failed, sessions,
@@ -110,31 +159,31 @@ pub fn upsert_run(conn: &Connection, s: &RunState, journal_bytes: u64) -> rusqli
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
-        s.run_id,
-        s.flow,
-        s.flow_path,
-        s.flow_hash,
-        s.status.as_str(),
-        s.started_at,
-        s.finished_at,
-        params_json,
-        s.workdir,
-        s.steps.len() as i64,
-        s.count(StepStatus::Succeeded) as i64,
-        s.count(StepStatus::Failed) as i64,
-        s.sessions,
-        s.seq as i64,
-        s.last_ts,
+        r.run_id,
+        r.flow,
+        r.flow_path,
+        r.flow_hash,
+        r.status,
+        r.started_at,
+        r.finished_at,
+        r.params,
+        r.workdir,
+        r.steps_total,
+        r.steps_succeeded,
+        r.steps_failed,
+        r.sessions,
+        r.last_seq,
+        r.last_event_at,
         journal_bytes as i64,
     ])?;
     Ok(())
 }
 
-/// Writes the rows of the steps at `positions` (and their attempts).
-pub fn upsert_steps(
+/// Writes the rows of the given steps (position, state) and their attempts.
+pub fn upsert_steps<'a>(
     conn: &Connection,
-    s: &RunState,
-    positions: impl Iterator<Item = usize>,
+    run_id: &str,
+    steps: impl Iterator<Item = (usize, &'a StepState)>,
 ) -> rusqlite::Result<()> {
     let mut step_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO steps (run_id, step_id, position, status, attempts, started_at,
@@ -146,11 +195,10 @@ pub fn upsert_steps(
             signal, reason, message, pid, started_at, finished_at, duration_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    for pos in positions {
-        let step = &s.steps[pos];
+    for (pos, step) in steps {
         let last = step.last_attempt();
         step_stmt.execute(params![
-            s.run_id,
+            run_id,
             step.id,
             pos as i64,
             step.status.as_str(),
@@ -164,7 +212,7 @@ pub fn upsert_steps(
         ])?;
         for a in &step.attempts {
             attempt_stmt.execute(params![
-                s.run_id,
+                run_id,
                 step.id,
                 a.visit,
                 a.attempt,
@@ -183,6 +231,51 @@ pub fn upsert_steps(
     Ok(())
 }
 
+/// What one commit changed in a run's rows: its events, the steps they touched (as they
+/// are after the commit) and the run row. Built from the folded state, so it carries no
+/// second interpretation of events, and owned, so another thread can write it.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub run: RunRow,
+    /// (position, state) of every step the records touched.
+    pub steps: Vec<(usize, StepState)>,
+    pub journal_bytes: u64,
+}
+
+impl Batch {
+    /// The rows `records` changed, read from `state` (the fold including them).
+    pub fn of(state: &RunState, records: &[Record], journal_bytes: u64) -> Batch {
+        // Events about one step change that step's rows; run-level events may change all.
+        let mut positions: Vec<usize> = if records.iter().all(|r| r.event.step().is_some()) {
+            records.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
+        } else {
+            (0..state.steps.len()).collect()
+        };
+        positions.sort_unstable();
+        positions.dedup();
+        Batch {
+            records: records.to_vec(),
+            run: RunRow::of(state),
+            steps: positions.into_iter().map(|i| (i, state.steps[i].clone())).collect(),
+            journal_bytes,
+        }
+    }
+
+    /// Folds a later batch of the same run into this one.
+    pub fn merge(&mut self, later: Batch) {
+        self.records.extend(later.records);
+        self.run = later.run;
+        self.journal_bytes = later.journal_bytes;
+        for (pos, step) in later.steps {
+            match self.steps.binary_search_by_key(&pos, |(p, _)| *p) {
+                Ok(i) => self.steps[i].1 = step,
+                Err(i) => self.steps.insert(i, (pos, step)),
+            }
+        }
+    }
+}
+
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
     for table in ["events", "attempts", "steps", "runs"] {
         conn.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
@@ -198,6 +291,6 @@ pub fn write_run(
     journal_bytes: u64,
 ) -> rusqlite::Result<()> {
     insert_events(conn, &state.run_id, records)?;
-    upsert_steps(conn, state, 0..state.steps.len())?;
-    upsert_run(conn, state, journal_bytes)
+    upsert_steps(conn, &state.run_id, state.steps.iter().enumerate())?;
+    upsert_run(conn, &RunRow::of(state), journal_bytes)
 }

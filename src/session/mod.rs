@@ -24,7 +24,7 @@ use crate::executor::{self, Exit, Gated, Reaper};
 use crate::faults;
 use crate::flow::Flow;
 use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
-use crate::projection::Projection;
+use crate::projection::{Batch, Projection, ProjectionWorker};
 use crate::report::Reporter;
 use crate::scheduler::{self, Scheduler};
 use crate::state::{RunState, write_snapshot};
@@ -33,8 +33,6 @@ use crate::store::RunLock;
 /// A snapshot is written after at least this many events (and twice as many as the run
 /// has steps, so its cost stays in proportion), and when the session ends.
 const SNAPSHOT_EVERY: u64 = 1000;
-/// How long a live run leaves the projection alone after an update failed.
-const PROJECTION_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,10 +80,7 @@ pub struct Session {
     journal: JournalWriter,
     state: RunState,
     sched: Scheduler,
-    projection: Option<Projection>,
-    projection_warned: bool,
-    /// After a failed update (another process held the database), skip updates until then.
-    projection_pause: Option<Instant>,
+    projection: Option<ProjectionWorker>,
     report: Reporter,
     jobs: usize,
     rx: Receiver<Msg>,
@@ -120,6 +115,15 @@ impl Session {
         })
         .map_err(SessionError::Setup)?;
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let projection = match projection.map(|p| ProjectionWorker::start(p, state.run_id.clone())) {
+            Some(Ok(worker)) => Some(worker),
+            Some(Err(e)) => {
+                report
+                    .warn(&format!("cannot start the projection thread ({e}); the run continues without it"));
+                None
+            }
+            None => None,
+        };
         Ok(Session {
             sched: Scheduler::new(&flow, &state),
             flow,
@@ -128,8 +132,6 @@ impl Session {
             journal,
             state,
             projection,
-            projection_warned: false,
-            projection_pause: None,
             report,
             jobs: jobs.max(1),
             rx,
@@ -269,7 +271,7 @@ impl Session {
         for r in &records {
             self.report.event(r, &self.state);
         }
-        self.update_projection(&records, now);
+        self.project(&records);
         faults::reached("after-projection");
         self.since_snapshot += records.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY.max(2 * self.state.steps.len() as u64) {
@@ -278,36 +280,18 @@ impl Session {
         Ok(())
     }
 
-    /// Mirrors committed events into the projection. Failures cost only lag: the next
-    /// successful update (or any `runner status`) catches up from the journal.
-    fn update_projection(&mut self, records: &[Record], now: Instant) {
-        let Some(p) = &mut self.projection else { return };
-        if self.projection_pause.is_some_and(|until| now < until) {
-            return;
-        }
-        match p.apply(&self.state, records, self.journal.len()) {
-            Ok(()) => self.projection_pause = None,
-            Err(e) => {
-                self.projection_pause = Some(now + PROJECTION_PAUSE);
-                if !self.projection_warned {
-                    self.projection_warned = true;
-                    self.report
-                        .warn(&format!("projection not updated ({e}); it catches up from the journal later"));
-                }
-            }
+    /// Hands committed events to the projection thread.
+    fn project(&self, records: &[Record]) {
+        if let Some(w) = &self.projection {
+            w.send(Batch::of(&self.state, records, self.journal.len()));
         }
     }
 
-    /// At the end of a session, waits as long as it takes to leave the projection current
-    /// if live updates were skipped.
+    /// At the end of a session, waits for the projection to be current.
     fn settle_projection(&mut self) {
-        let Some(p) = &mut self.projection else { return };
-        if self.projection_pause.is_none() {
-            return;
-        }
-        let result =
-            p.set_busy_timeout(crate::projection::BUSY_TIMEOUT).and_then(|()| p.sync_run(&self.state.run_id));
-        if let Err(e) = result {
+        if let Some(w) = self.projection.take()
+            && let Err(e) = w.finish()
+        {
             self.report.warn(&format!("projection not updated ({e}); `runner status` will catch up"));
         }
     }

@@ -109,14 +109,10 @@ pub fn start_new(
     let state = RunState::from_first(&created.first)
         .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
     let report = Reporter::new(opts.verbosity, &created.dir);
-    let mut projection = open_projection(runs, &report);
-    if let Some(p) = &mut projection
-        && let Err(e) = p.apply(&state, std::slice::from_ref(&created.first), created.journal.len())
-    {
-        report.warn(&format!("projection not updated ({e})"));
-    }
+    let projection = open_projection(runs, &report);
     let session =
         Session::new(flow, created.dir, created.lock, created.journal, state, projection, report, opts.jobs)?;
+    session.project(std::slice::from_ref(&created.first));
     Ok(Some(session))
 }
 
@@ -175,9 +171,7 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     }
     if done {
         session.commit()?;
-        if let Some(p) = &mut session.projection {
-            let _ = p.sync_run(run_id);
-        }
+        session.settle_projection();
         return Ok(Resumed::Done);
     }
     session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
