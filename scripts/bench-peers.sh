@@ -48,7 +48,8 @@ log() { echo "bench-peers: $*" >&2; }
 warn() { echo "bench-peers: warning: $*" >&2; }
 
 reps=3 quick=0 keep=0 install=1 build=1 big_timeout=1800
-positive() { [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer, got '${2:-}'"; }
+# shellcheck source=scripts/lib/bench-common.sh
+source "$(dirname "$0")/lib/bench-common.sh"
 while (($#)); do
     case $1 in
     --reps) positive "$1" "${2:-}"; reps=$2; shift 2 ;;
@@ -180,39 +181,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 cd "$tmp"
 
-if [[ -n ${EPOCHREALTIME:-} ]]; then
-    clock="bash \$EPOCHREALTIME"
-    stamp() {
-        local t=${EPOCHREALTIME/[.,]/}
-        now_us=$((10#$t))
-    }
-else
-    date +%s%N | grep -Eq '^[0-9]+$' || die "neither \$EPOCHREALTIME (bash >= 5) nor GNU date +%s%N is available"
-    clock="date +%s%N"
-    stamp() {
-        local t
-        t=$(date +%s%N)
-        now_us=$((t / 1000))
-    }
-fi
-
-# Peak RSS: GNU time if present, else python3's getrusage(RUSAGE_CHILDREN) (both read the
-# kernel's ru_maxrss of the waited-for child, in KiB).
-if [[ -x /usr/bin/time ]] && /usr/bin/time -f %M -o "$tmp/rss-probe" true 2>/dev/null \
-    && [[ $(tail -n 1 "$tmp/rss-probe") =~ ^[0-9]+$ ]]; then
-    rss_method="/usr/bin/time -f %M"
-    rss_prefix=(/usr/bin/time -f %M -o)
-elif [[ -n $python_bin ]]; then
-    rss_method="python3 getrusage(RUSAGE_CHILDREN)"
-    cat >"$tmp/maxrss.py" <<'EOF'
-import resource, subprocess, sys
-status = subprocess.call(sys.argv[2:])
-with open(sys.argv[1], "w") as f:
-    f.write("%d\n" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(status if status >= 0 else 128 - status)
-EOF
-    rss_prefix=("$python_bin" "$tmp/maxrss.py")
-else
+rss_setup
+if ((${#rss_prefix[@]} == 0)); then
     rss_method="none (VmHWM polled every 10 s)"
     rss_prefix=(/bin/sh -c 'shift; exec "$@"' no-rss)
 fi
@@ -256,15 +226,8 @@ accept() {
 # count_files DIR PREFIX: number of DIR/PREFIX*.done files.
 count_files() { find "$1" -maxdepth 1 -name "$2*.done" | wc -l; }
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) exit 1
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 med() { median ${samples[$1]}; }  # word splitting intended
 have() { [[ -n ${samples[$1]:-} ]] && active "$1"; }
-ms() { calc %.1f "$1 / 1000"; }
 
 log "temp dir $tmp; clock: $clock; peak RSS: $rss_method; $reps reps$( ((quick)) && echo ', --quick')"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)

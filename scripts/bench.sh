@@ -37,7 +37,8 @@ log() { echo "bench: $*" >&2; }
 
 reps="" quick=0 keep=0 strict=0 build=1
 steps="" corpus_runs="" corpus_events=""
-positive() { [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer, got '${2:-}'"; }
+# shellcheck source=scripts/lib/bench-common.sh
+source "$(dirname "$0")/lib/bench-common.sh"
 while (($#)); do
     case $1 in
     --reps) positive "$1" "${2:-}"; reps=$2; shift 2 ;;
@@ -90,46 +91,10 @@ mkdir -p "$tmp/work"
 cd "$tmp/work"
 
 # ---------------------------------------------------------------------------------------------
-# Clock and peak-RSS helpers
+# Peak RSS and timing
 
-# Sets $now_us to the wall clock in microseconds, without a fork when bash has EPOCHREALTIME.
-if [[ -n ${EPOCHREALTIME:-} ]]; then
-    clock="bash \$EPOCHREALTIME"
-    stamp() {
-        local t=${EPOCHREALTIME/[.,]/}
-        now_us=$((10#$t))
-    }
-else
-    date +%s%N | grep -Eq '^[0-9]+$' || die "neither \$EPOCHREALTIME (bash >= 5) nor GNU date +%s%N is available"
-    clock="date +%s%N"
-    stamp() {
-        local t
-        t=$(date +%s%N)
-        now_us=$((t / 1000))
-    }
-fi
-
-# Peak RSS of a command: GNU time if present, else python3's getrusage (RUSAGE_CHILDREN),
-# else not measured. Both read the kernel's ru_maxrss of the waited-for child (in KiB).
+rss_setup
 rss_file=$tmp/maxrss
-if [[ -x /usr/bin/time ]] && /usr/bin/time -f %M -o "$rss_file" true 2>/dev/null \
-    && [[ $(tail -n 1 "$rss_file") =~ ^[0-9]+$ ]]; then
-    rss_method="/usr/bin/time -f %M"
-    rss_wrap=(/usr/bin/time -f %M -o "$rss_file")
-elif command -v python3 >/dev/null; then
-    rss_method="python3 getrusage(RUSAGE_CHILDREN)"
-    cat >"$tmp/maxrss.py" <<'EOF'
-import os, resource, subprocess, sys
-status = subprocess.call(sys.argv[2:])
-with open(sys.argv[1], "w") as f:
-    f.write("%d\n" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(status if status >= 0 else 128 - status)
-EOF
-    rss_wrap=(python3 "$tmp/maxrss.py" "$rss_file")
-else
-    rss_method="none (n/a)"
-    rss_wrap=()
-fi
 
 # timed [--rss] NAME CMD...: runs CMD with output to $tmp/NAME.{out,err}, fails loudly on a
 # non-zero exit, and sets $elapsed_us (and $rss_kb with --rss; "" if RSS is not measured).
@@ -142,8 +107,8 @@ timed() {
     local name=$1
     shift
     local wrap=()
-    if ((with_rss)) && ((${#rss_wrap[@]})); then
-        wrap=("${rss_wrap[@]}")
+    if ((with_rss)) && ((${#rss_prefix[@]})); then
+        wrap=("${rss_prefix[@]}" "$rss_file")
         rm -f "$rss_file"
     fi
     local t0 rc=0
@@ -167,13 +132,6 @@ timed() {
     fi
 }
 
-# median VALUES...: the middle value (mean of the two middle ones for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) exit 1
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 # verdict VALUE OP TARGET [AIM]: OP is le (lower is better) or ge (higher is better).
 verdict() {
     awk -v v="$1" -v op="$2" -v t="$3" -v a="${4:-}" 'BEGIN {
@@ -283,7 +241,6 @@ projection_bytes=$(stat -c %s "$corpus/projection.sqlite")
 # ---------------------------------------------------------------------------------------------
 # Results
 
-ms() { calc %.1f "$1 / 1000"; }
 chain_med=$(median "${chain_us[@]}")
 shell_med=$(median "${shell_us[@]}")
 resume_med=$(median "${resume_us[@]}")
@@ -305,7 +262,7 @@ row "resume of completed $steps-step run" "$(ms "$resume_med") ms" "<= 50 ms" "$
 row "rebuild: $corpus_runs runs x $corpus_events ev, wall" "$rate ev/s ($(calc %.2f "$rebuild_med / 1e6") s)" ">= 200k ev/s (aim 300k)" "$(verdict "$rate" ge 200000 300000)"
 row "rebuild: as the runner reports it" "$reported_med ev/s" ">= 200k ev/s (aim 300k)" "$(verdict "$reported_med" ge 200000 300000)"
 row "rebuild into a new projection (warm-up)" "$fresh_rate ev/s ($(calc %.2f "$fresh_us / 1e6") s)" "-" "-"
-if ((${#rss_wrap[@]})); then
+if ((${#rss_prefix[@]})); then
     row "peak RSS: runner run ($steps steps)" "$(calc %.1f "$(median "${chain_rss[@]}") / 1024") MiB" "-" "-"
     row "peak RSS: rebuild-projection" "$(calc %.1f "$(median "${rebuild_rss[@]}") / 1024") MiB" "-" "-"
 else

@@ -1,0 +1,56 @@
+# Helpers shared by scripts/bench.sh and scripts/bench-peers.sh. Source it after defining
+# die(); call rss_setup once $tmp (a scratch directory) exists.
+
+positive() { [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer, got '${2:-}'"; }
+
+# stamp: sets $now_us to the wall clock in microseconds, without a fork when bash has
+# EPOCHREALTIME. $clock names the method.
+if [[ -n ${EPOCHREALTIME:-} ]]; then
+    clock="bash \$EPOCHREALTIME"
+    stamp() {
+        local t=${EPOCHREALTIME/[.,]/}
+        now_us=$((10#$t))
+    }
+else
+    date +%s%N | grep -Eq '^[0-9]+$' || die "neither \$EPOCHREALTIME (bash >= 5) nor GNU date +%s%N is available"
+    clock="date +%s%N"
+    stamp() {
+        local t
+        t=$(date +%s%N)
+        now_us=$((t / 1000))
+    }
+fi
+
+# median VALUES...: the middle value (mean of the two middle ones for an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) exit 1
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+ms() { calc %.1f "$1 / 1000"; }
+
+# rss_setup: afterwards "${rss_prefix[@]}" FILE CMD... runs CMD and writes its peak RSS
+# (KiB) to FILE, with GNU time if present, else python3's getrusage(RUSAGE_CHILDREN); both
+# read the kernel's ru_maxrss of the waited-for child. Empty when neither exists;
+# $rss_method says which.
+rss_setup() {
+    if [[ -x /usr/bin/time ]] && /usr/bin/time -f %M -o "$tmp/rss-probe" true 2>/dev/null \
+        && [[ $(tail -n 1 "$tmp/rss-probe") =~ ^[0-9]+$ ]]; then
+        rss_method="/usr/bin/time -f %M"
+        rss_prefix=(/usr/bin/time -f %M -o)
+    elif command -v python3 >/dev/null; then
+        rss_method="python3 getrusage(RUSAGE_CHILDREN)"
+        cat >"$tmp/maxrss.py" <<'PY'
+import resource, subprocess, sys
+status = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    f.write("%d\n" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(status if status >= 0 else 128 - status)
+PY
+        rss_prefix=(python3 "$tmp/maxrss.py")
+    else
+        rss_method="none (n/a)"
+        rss_prefix=()
+    fi
+}
