@@ -510,8 +510,8 @@ for n in "${chain_sizes[@]}"; do
     for ((r = 1; r <= reps; r++)); do
         for tool in "${w1_floors[@]}" "${w1_tools[@]}"; do
             run_rep "$tool" chain "$n" "w1-$n.$tool" "$tmp/w1-$n/$tool/r$r"
-            # Keep the first rep of the W3 size (W3 checks it again); drop the rest as we go.
-            if [[ $n != "$noop_n" || $r != 1 || $tool = sh || $tool = py-* ]]; then rm -rf "$tmp/w1-$n/$tool/r$r"; fi
+            # Nothing is deleted until the end: on ext4, allocating inodes right after many
+            # were freed is slow for minutes, which would tax whichever tool runs next.
         done
         line="   rep $r (ms):"
         for tool in "${w1_tools[@]}" "${w1_floors[@]}"; do line+=" $tool $(last_ms "w1-$n.$tool")"; done
@@ -526,7 +526,6 @@ log "W2: $indep independent steps with 2 parallel slots, $reps reps"
 for ((r = 1; r <= reps; r++)); do
     for tool in "${w2_floors[@]}" "${w2_tools[@]}"; do
         run_rep "$tool" indep "$indep" "w2.$tool" "$tmp/w2/$tool/r$r"
-        rm -rf "$tmp/w2/$tool/r$r"
     done
     line="   rep $r (ms):"
     for tool in "${w2_tools[@]}" "${w2_floors[@]}"; do line+=" $tool $(last_ms "w2.$tool")"; done
@@ -575,7 +574,6 @@ for tool in "${w3_tools[@]}"; do
     done
     log "   $tool: $(for v in ${samples[w3.$tool]:-}; do printf '%s ' "$(ms "$v")"; done)ms"
 done
-rm -rf "$tmp/w1-$noop_n"
 
 # ---------------------------------------------------------------------------------------------
 # W4 (runner only): rebuild-projection over a generated corpus
@@ -611,7 +609,6 @@ for ((r = 1; r <= reps; r++)); do
     rebuild rebuild || break
     log "   rep $r: $(calc %.2f "$elapsed_us / 1e6") s, $(calc %.0f "$events_total / ($elapsed_us / 1e6)") events/s (wall)"
 done
-rm -rf "$corpus"
 
 # ---------------------------------------------------------------------------------------------
 # W4 (runner only): two big real runs, each stopped after --big-timeout s
@@ -697,9 +694,7 @@ if big_run "$resume_name" "$resume_steps"; then
     done
     check_runner_run "$tmp/big/runs" "$resume_name" "$resume_steps" || broken big-resume "the journal changed: $why"
 fi
-rm -rf "$tmp/big/runs/$resume_name"
 big_run "$rss_name" "$rss_steps" || true
-rm -rf "$tmp/big"
 
 # ---------------------------------------------------------------------------------------------
 # Results
