@@ -52,7 +52,8 @@ impl Error {
             Error::Projection(e) => match e {
                 ProjectionError::Load(e) => load_code(e),
                 ProjectionError::Store(e) => store_code(e),
-                ProjectionError::Sqlite { .. } => ExitCode::Io,
+                ProjectionError::Sqlite { .. } | ProjectionError::Io { .. } => ExitCode::Io,
+                ProjectionError::Busy { .. } => ExitCode::Locked,
             },
             Error::Io { .. } => ExitCode::Io,
         }

@@ -12,9 +12,10 @@ mod rows;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
@@ -27,6 +28,9 @@ use crate::state::RunState;
 use crate::store::{LoadError, RunsDir, StoreError, load_run};
 
 pub const PROJECTION_FILE: &str = "projection.sqlite";
+/// Every process with the projection open holds this file's lock shared; a rebuild that
+/// gets it exclusively knows nobody has the database open and may replace the file.
+pub const PROJECTION_LOCK: &str = "projection.lock";
 /// How long commands wait for another writer (a rebuild can take seconds).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a live run waits: its steps matter more than its projection, which a later
@@ -41,6 +45,14 @@ pub enum ProjectionError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: another process is rebuilding the projection; try again when it is done", path.display())]
+    Busy { path: PathBuf },
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -57,6 +69,8 @@ pub struct Projection {
     busy_timeout: Duration,
     /// The tables were just created (new file or new schema): nothing is in them yet.
     fresh: bool,
+    /// Our shared hold on `projection.lock`, for as long as the connection is open.
+    _hold: File,
 }
 
 /// What a catch-up did.
@@ -77,6 +91,7 @@ impl Projection {
 
     /// Like `open`, waiting at most `busy_timeout` whenever another process writes.
     pub fn open_with(runs: &RunsDir, busy_timeout: Duration) -> Result<Projection, ProjectionError> {
+        let hold = hold_lock(runs, false, busy_timeout)?;
         let path = runs.root().join(PROJECTION_FILE);
         if !path.exists() {
             // A WAL left from a deleted database would be replayed into the new one.
@@ -90,7 +105,8 @@ impl Projection {
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let conn = connect(&path, busy_timeout).map_err(sql)?;
         let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-        let mut p = Projection { conn, path, runs: runs.clone(), ino, busy_timeout, fresh: false };
+        let mut p =
+            Projection { conn, path, runs: runs.clone(), ino, busy_timeout, fresh: false, _hold: hold };
         p.ensure_schema()?;
         Ok(p)
     }
@@ -280,6 +296,27 @@ impl Projection {
     /// Every table in canonical order, one line per row: equal dumps mean equal projections.
     pub fn canonical_dump(&self) -> Result<String, ProjectionError> {
         canonical_dump(&self.conn).map_err(|e| self.sql(e))
+    }
+}
+
+/// Takes `projection.lock`, shared or exclusive, waiting up to `wait` for a holder of the
+/// other kind. `None` for an exclusive lock that is not free right now.
+fn hold_lock(runs: &RunsDir, exclusive: bool, wait: Duration) -> Result<File, ProjectionError> {
+    let path = runs.root().join(PROJECTION_LOCK);
+    let io = |source| ProjectionError::Io { path: path.clone(), source };
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let attempt = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+        match attempt {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(TryLockError::WouldBlock) => return Err(ProjectionError::Busy { path }),
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
     }
 }
 

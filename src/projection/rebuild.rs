@@ -1,15 +1,21 @@
-//! `rebuild-projection`: drop every table and refill it from the journals.
+//! `rebuild-projection`: refill every table from the journals.
 //!
-//! The rebuild runs as one write transaction on the live database file rather than as a
-//! new file renamed over it. Renaming a WAL-mode SQLite file under processes that have it
-//! open can corrupt it (their `-wal`/`-shm` files would be shared with the new file), and
-//! several runners may be writing the projection at any time. In one transaction a crash
-//! leaves the old contents intact, readers keep seeing the old contents until the commit,
-//! and live runners simply wait for the write lock (or skip an update and catch up).
-//! Speed comes from reading and checking journals on a second thread while this one
-//! writes, loading the tables without secondary indexes and creating those at the end.
+//! Two ways, chosen by `projection.lock`, which every open connection holds shared:
+//!
+//! - **Nobody has the projection open** (the lock is free): build a new file with no
+//!   journal and no syncs, then swap it in. The old database is checkpointed first and
+//!   renamed over only when the new one is complete and synced, so a crash leaves either
+//!   the old file or the new one, plus a temp file the next rebuild removes.
+//! - **Someone does** (a live run, `status`): renaming a WAL-mode SQLite file under
+//!   processes that have it open would pair their `-wal`/`-shm` with the new file and
+//!   corrupt it. So the rebuild runs as one write transaction on the live file instead: a
+//!   crash leaves the old contents, readers see them until the commit, writers wait.
+//!
+//! Either way journals are read, checked and folded on a second thread while this one
+//! writes, and secondary indexes are created after the load.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,6 +25,8 @@ use super::rows::{self, DROP, INDEXES, SCHEMA_VERSION, TABLES};
 use super::{BUSY_TIMEOUT, PROJECTION_FILE, ProjectionError};
 use crate::store::{RunsDir, load_run};
 
+/// How long a rebuild waits for another one to finish.
+const REBUILD_WAIT: Duration = Duration::from_secs(600);
 /// Page cache during a rebuild: more does not help once the database outgrows it.
 const REBUILD_CACHE_KIB: i64 = 16 * 1024;
 /// Runs read ahead of the writer; each holds its parsed events in memory.
@@ -37,7 +45,6 @@ pub struct RebuildStats {
 pub fn rebuild(runs: &RunsDir, show_progress: bool) -> Result<RebuildStats, ProjectionError> {
     let path = runs.root().join(PROJECTION_FILE);
     let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
-    let mut conn = super::connect(&path, BUSY_TIMEOUT).map_err(sql)?;
     let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -49,13 +56,65 @@ pub fn rebuild(runs: &RunsDir, show_progress: bool) -> Result<RebuildStats, Proj
         );
         bar
     });
-    let stats = rebuild_into(&mut conn, runs, bar.as_ref()).map_err(|e| match e {
-        ProjectionError::Sqlite { source, .. } => sql(source),
-        other => other,
-    })?;
+    let stats = match super::hold_lock(runs, true, Duration::ZERO) {
+        Ok(_alone) => rebuild_alone(runs, &path, bar.as_ref()),
+        Err(ProjectionError::Busy { .. }) => {
+            // Shared, so that no rebuild elsewhere replaces the file under this one.
+            let _hold = super::hold_lock(runs, false, REBUILD_WAIT)?;
+            let mut conn = super::connect(&path, BUSY_TIMEOUT).map_err(sql)?;
+            rebuild_into(&mut conn, runs, bar.as_ref())
+        }
+        Err(e) => Err(e),
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    stats.map_err(|e| match e {
+        ProjectionError::Sqlite { source, .. } => sql(source),
+        other => other,
+    })
+}
+
+/// Builds a new database file and swaps it in; the caller holds `projection.lock`
+/// exclusively, so no connection to the old file exists.
+fn rebuild_alone(
+    runs: &RunsDir,
+    path: &Path,
+    bar: Option<&ProgressBar>,
+) -> Result<RebuildStats, ProjectionError> {
+    let start = Instant::now();
+    let sql = |source| ProjectionError::Sqlite { path: path.to_path_buf(), source };
+    let io = |source| ProjectionError::Io { path: path.to_path_buf(), source };
+    let prefix = format!("{PROJECTION_FILE}.new-");
+    // Leftovers of rebuilds that crashed.
+    for entry in std::fs::read_dir(runs.root()).map_err(io)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let new = runs.root().join(format!("{prefix}{}", std::process::id()));
+    let mut conn = Connection::open(&new).map_err(sql)?;
+    // A scratch file until the rename: no rollback journal, no syncs.
+    conn.pragma_update(None, "page_size", 16384).map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "OFF").map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(sql)?;
+    let mut stats = rebuild_into(&mut conn, runs, bar)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+    drop(conn);
+    std::fs::File::open(&new).and_then(|f| f.sync_all()).map_err(io)?;
+    if path.exists() {
+        // Fold the old WAL in, so nothing is lost if we stop before the rename; closing the
+        // last connection removes the WAL.
+        let old = Connection::open(path).map_err(sql)?;
+        old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql)?;
+        drop(old);
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    std::fs::rename(&new, path).map_err(io)?;
+    crate::fsutil::sync_dir(runs.root()).map_err(io)?;
+    stats.elapsed = start.elapsed();
     Ok(stats)
 }
 
