@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, params};
 
-use crate::journal::Record;
+use crate::journal::{Event, Record};
 use crate::state::{RunState, StepState, StepStatus};
 
 pub const SCHEMA_VERSION: i64 = 1;
@@ -246,11 +246,13 @@ pub struct Batch {
 impl Batch {
     /// The rows `records` changed, read from `state` (the fold including them).
     pub fn of(state: &RunState, records: &[Record], journal_bytes: u64) -> Batch {
-        // Events about one step change that step's rows; run-level events may change all.
-        let mut positions: Vec<usize> = if records.iter().all(|r| r.event.step().is_some()) {
-            records.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
-        } else {
+        // Events about one step change that step's rows; starting or resuming a run may
+        // change all of them; the other run-level events change none.
+        let all = records.iter().any(|r| matches!(r.event, Event::RunStarted(_) | Event::RunResumed(_)));
+        let mut positions: Vec<usize> = if all {
             (0..state.steps.len()).collect()
+        } else {
+            records.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
         };
         positions.sort_unstable();
         positions.dedup();
