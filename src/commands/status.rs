@@ -87,7 +87,16 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
         let text = if g.json { "[]".to_string() } else { format!("no runs in {}", runs.root().display()) };
         return print(&text);
     }
-    let mut projection = Projection::open(&runs)?;
+    let mut projection = match Projection::open(&runs) {
+        Ok(p) => p,
+        Err(ProjectionError::Sqlite { source, .. }) if is_damaged(&source) => {
+            // It is derived data: rebuild it rather than stop here.
+            note("warning: the projection is damaged; rebuilding it from the journals");
+            crate::projection::rebuild(&runs, false)?;
+            Projection::open(&runs)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     if projection.is_fresh() {
         // A new or upgraded projection: fill it in bulk rather than run by run.
         for (id, why) in projection.rebuild()?.skipped {
@@ -106,6 +115,13 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             run_list(g, &runs, &projection)
         }
     }
+}
+
+fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 fn print(text: &str) -> Result<ExitCode, Error> {

@@ -35,22 +35,25 @@ pub fn stop_leftovers(
             groups.push(*pid);
         }
     }
-    let strays = procfs::with_env("RUNNER_RUN_DIR", run_dir);
-    for pid in &strays {
+    // (pid, start time): a pid that is reused meanwhile is not the same process.
+    let strays: Vec<(i32, u64)> = procfs::with_env("RUNNER_RUN_DIR", run_dir)
+        .into_iter()
+        .filter_map(|pid| procfs::start_time(pid).map(|start| (pid, start)))
+        .collect();
+    for (pid, _) in &strays {
         if let Some(step) = procfs::env_var(*pid, "RUNNER_STEP_ID") {
             steps.insert(step);
         }
     }
-    let alive = || {
-        groups.iter().any(|g| procfs::group_alive(*g))
-            || strays.iter().any(|p| procfs::stat(*p).is_some_and(|s| s.is_alive()))
-    };
+    let same =
+        |&(pid, start): &(i32, u64)| procfs::stat(pid).is_some_and(|s| s.is_alive() && s.start_time == start);
+    let alive = || groups.iter().any(|g| procfs::group_alive(*g)) || strays.iter().any(same);
     let send = |sig: Signal| {
         for g in &groups {
             signal_group(*g, sig);
         }
-        for p in &strays {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*p), sig);
+        for stray in strays.iter().filter(|s| same(s)) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(stray.0), sig);
         }
     };
     if !alive() {
@@ -60,7 +63,7 @@ pub fn stop_leftovers(
     if !wait_until(grace, || !alive()) {
         send(Signal::SIGKILL);
         if !wait_until(KILL_WAIT, || !alive()) {
-            let mut left: Vec<i32> = strays.clone();
+            let mut left: Vec<i32> = strays.iter().filter(|s| same(s)).map(|s| s.0).collect();
             left.extend(groups.iter().filter(|g| procfs::group_alive(**g)));
             return Err(left);
         }
@@ -89,6 +92,14 @@ pub fn stop_orphans(grace: Duration) -> usize {
         wait_until(KILL_WAIT, gone);
     }
     orphans.len()
+}
+
+/// SIGKILLs every remaining child of this process at once: the last resort when a session
+/// ends on an error or a panic and cannot stop them gracefully.
+pub fn kill_orphans() {
+    for pid in procfs::live_children(std::process::id() as i32) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 /// After SIGKILL, how long to wait for processes to disappear.

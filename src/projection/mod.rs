@@ -91,17 +91,21 @@ impl Projection {
 
     /// Like `open`, waiting at most `busy_timeout` whenever another process writes.
     pub fn open_with(runs: &RunsDir, busy_timeout: Duration) -> Result<Projection, ProjectionError> {
-        let hold = hold_lock(runs, false, busy_timeout)?;
         let path = runs.root().join(PROJECTION_FILE);
-        if !path.exists() {
-            // A WAL left from a deleted database would be replayed into the new one.
-            for suffix in ["-wal", "-shm"] {
-                let side = PathBuf::from(format!("{}{suffix}", path.display()));
-                if side.exists() && !path.exists() {
+        let sides = ["-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())));
+        if !path.exists()
+            && sides.iter().any(|s| s.exists())
+            && let Ok(_alone) = hold_lock(runs, true, Duration::ZERO)
+        {
+            // A WAL left from a deleted database would be replayed into a new one. Only
+            // remove it when nobody else has the projection open (and might be creating it).
+            if !path.exists() {
+                for side in &sides {
                     let _ = std::fs::remove_file(side);
                 }
             }
         }
+        let hold = hold_lock(runs, false, busy_timeout)?;
         let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
         let conn = connect(&path, busy_timeout).map_err(sql)?;
         let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);

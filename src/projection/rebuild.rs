@@ -103,11 +103,11 @@ fn rebuild_alone(
     drop(conn);
     std::fs::File::open(&new).and_then(|f| f.sync_all()).map_err(io)?;
     if path.exists() {
-        // Fold the old WAL in, so nothing is lost if we stop before the rename; closing the
-        // last connection removes the WAL.
-        let old = Connection::open(path).map_err(sql)?;
-        old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql)?;
-        drop(old);
+        // Fold the old WAL in, so nothing is lost if we stop before the rename (closing the
+        // last connection removes the WAL). A damaged old file is simply replaced.
+        if let Ok(old) = Connection::open(path) {
+            let _ = old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::{BUSY_TIMEOUT, Batch, Projection};
+use crate::store::RunsDir;
 
 enum Msg {
     Batch(Box<Batch>),
@@ -22,12 +23,17 @@ pub struct ProjectionWorker {
 }
 
 impl ProjectionWorker {
-    /// Starts the thread; `run_id` is the run whose rows it keeps current.
-    pub fn start(projection: Projection, run_id: String) -> std::io::Result<ProjectionWorker> {
+    /// Starts the thread, which opens the projection itself (waiting, if a rebuild holds
+    /// it, without holding up the run); `run_id` is the run whose rows it keeps current.
+    pub fn start(runs: RunsDir, run_id: String) -> std::io::Result<ProjectionWorker> {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("projection".into())
-            .spawn(move || work(projection, &run_id, &rx))?;
+        let thread =
+            std::thread::Builder::new().name("projection".into()).spawn(
+                move || match Projection::open_with(&runs, BUSY_TIMEOUT) {
+                    Ok(p) => work(p, &run_id, &rx),
+                    Err(e) => Err(format!("cannot open it: {e}")),
+                },
+            )?;
         Ok(ProjectionWorker { tx, thread: Some(thread) })
     }
 

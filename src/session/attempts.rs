@@ -74,8 +74,11 @@ impl Session {
             }
         }
         for idx in starts {
-            self.retry_at.remove(&idx);
-            self.start_attempt(idx)?;
+            // An attempt that failed for good just now stops the others from starting.
+            if self.sched.is_ready(idx) {
+                self.retry_at.remove(&idx);
+                self.start_attempt(idx)?;
+            }
         }
         Ok(())
     }

@@ -24,11 +24,11 @@ use crate::executor::{self, Exit, Gated, Reaper};
 use crate::faults;
 use crate::flow::Flow;
 use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
-use crate::projection::{Batch, Projection, ProjectionWorker};
+use crate::projection::{Batch, ProjectionWorker};
 use crate::report::Reporter;
 use crate::scheduler::{self, Scheduler};
 use crate::state::{RunState, write_snapshot};
-use crate::store::RunLock;
+use crate::store::{RunLock, RunsDir};
 
 /// A snapshot is written after at least this many events (and twice as many as the run
 /// has steps, so its cost stays in proportion), and when the session ends.
@@ -101,7 +101,7 @@ impl Session {
         lock: RunLock,
         journal: JournalWriter,
         state: RunState,
-        projection: Option<Projection>,
+        runs: &RunsDir,
         report: Reporter,
         jobs: usize,
     ) -> Result<Session, SessionError> {
@@ -115,14 +115,13 @@ impl Session {
         })
         .map_err(SessionError::Setup)?;
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-        let projection = match projection.map(|p| ProjectionWorker::start(p, state.run_id.clone())) {
-            Some(Ok(worker)) => Some(worker),
-            Some(Err(e)) => {
+        let projection = match ProjectionWorker::start(runs.clone(), state.run_id.clone()) {
+            Ok(worker) => Some(worker),
+            Err(e) => {
                 report
                     .warn(&format!("cannot start the projection thread ({e}); the run continues without it"));
                 None
             }
-            None => None,
         };
         Ok(Session {
             sched: Scheduler::new(&flow, &state),
@@ -312,10 +311,11 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// Even on a panic, no step outlives the session that started it.
+    /// Even on an error or a panic, no step outlives the session that started it.
     fn drop(&mut self) {
         for pid in self.running.keys() {
             executor::signal_group(*pid, Signal::SIGKILL);
         }
+        executor::kill_orphans();
     }
 }

@@ -72,16 +72,6 @@ fn session_info(jobs: usize) -> journal::Session {
     }
 }
 
-fn open_projection(runs: &RunsDir, report: &Reporter) -> Option<Projection> {
-    match Projection::open_with(runs, LIVE_BUSY_TIMEOUT) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            report.warn(&format!("cannot open the projection ({e}); the run continues without it"));
-            None
-        }
-    }
-}
-
 /// Creates and locks a new run. `None` if a run with this id already exists.
 #[allow(clippy::too_many_arguments)]
 pub fn start_new(
@@ -109,9 +99,8 @@ pub fn start_new(
     let state = RunState::from_first(&created.first)
         .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
     let report = Reporter::new(opts.verbosity, &created.dir);
-    let projection = open_projection(runs, &report);
     let session =
-        Session::new(flow, created.dir, created.lock, created.journal, state, projection, report, opts.jobs)?;
+        Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts.jobs)?;
     session.project(std::slice::from_ref(&created.first));
     Ok(Some(session))
 }
@@ -137,6 +126,7 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     let succeeded =
         |r: &Record| matches!(&r.event, Event::RunFinished(f) if f.outcome == RunOutcome::Succeeded);
     if scan.torn.is_none() && last.as_ref().is_some_and(succeeded) {
+        stop_strays(&dir, &report);
         if let Ok(mut p) = Projection::open_with(runs, LIVE_BUSY_TIMEOUT)
             && p.journal_bytes(run_id) != Some(scan.valid_len)
         {
@@ -164,14 +154,14 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
         None => None,
     };
     let journal = JournalWriter::reopen(&journal_path, loaded.last_seq, &loaded.last_sum, loaded.valid_len)?;
-    let projection = open_projection(runs, &report);
-    let mut session = Session::new(flow, dir, lock, journal, loaded.state, projection, report, opts.jobs)?;
+    let mut session = Session::new(flow, dir, lock, journal, loaded.state, runs, report, opts.jobs)?;
     if let Some(r) = repaired {
         session.record(Event::JournalRepaired(r))?;
     }
     if done {
         session.commit()?;
         session.settle_projection();
+        stop_strays(&session.dir, &session.report);
         return Ok(Resumed::Done);
     }
     session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
@@ -184,6 +174,19 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     }
     session.interrupt_leftovers()?;
     Ok(Resumed::Ready(Box::new(session)))
+}
+
+/// Stops processes a finished run left behind (its runner died before it could).
+fn stop_strays(dir: &Path, report: &Reporter) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match executor::stop_leftovers(&dir.to_string_lossy(), &[], crate::flow::DEFAULT_GRACE) {
+        Ok(steps) if !steps.is_empty() => {
+            let names: Vec<&str> = steps.iter().map(String::as_str).collect();
+            report.warn(&format!("stopped processes that steps {} had left behind", names.join(", ")));
+        }
+        Ok(_) => {}
+        Err(pids) => report.warn(&format!("processes of this run survived SIGKILL: {pids:?}")),
+    }
 }
 
 /// The run's own copy of its flow, refused if it is not the file the run started with.

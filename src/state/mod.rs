@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Event, FailReason, InterruptReason, Record, RunOutcome};
-pub use snapshot::{SNAPSHOT_FILE, Snapshot, covered_seq, load_snapshot, write_snapshot};
+pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -89,28 +89,45 @@ pub fn write_snapshot(run_dir: &Path, state: &RunState, sum: &str) -> std::io::R
     })
 }
 
-/// The journal position an intact snapshot covers, without parsing its state: a snapshot
-/// is written only after what it covers is durable, so it proves that much was.
-pub fn covered_seq(run_dir: &Path) -> Option<u64> {
-    let bytes = std::fs::read(run_dir.join(SNAPSHOT_FILE)).ok()?;
-    let (trailer, _) = Trailer::check(bytes.strip_suffix(b"\n").unwrap_or(&bytes)).ok()?;
-    (trailer.format == SNAPSHOT_FORMAT).then_some(trailer.seq)
+/// A snapshot file whose checksum and format check out, its state not yet parsed.
+pub struct SnapshotFile {
+    pub seq: u64,
+    pub sum: String,
+    body: Vec<u8>,
+}
+
+impl SnapshotFile {
+    /// Reads `state.json`: `Ok(None)` if there is none, `Err` saying why it is unusable.
+    pub fn read(run_dir: &Path) -> Result<Option<SnapshotFile>, String> {
+        let path = run_dir.join(SNAPSHOT_FILE);
+        let mut bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let unusable = |why: String| format!("{} is unusable: {why}", path.display());
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        let (trailer, body) = Trailer::check(&bytes).map_err(unusable)?;
+        if trailer.format != SNAPSHOT_FORMAT {
+            return Err(unusable(format!("format {}, expected {SNAPSHOT_FORMAT}", trailer.format)));
+        }
+        let body_len = body.len();
+        bytes.truncate(body_len);
+        Ok(Some(SnapshotFile { seq: trailer.seq, sum: trailer.sum, body: bytes }))
+    }
+
+    /// Parses the state it holds.
+    pub fn into_snapshot(self) -> Result<Snapshot, String> {
+        let mut state: RunState =
+            serde_json::from_slice(&self.body).map_err(|e| format!("{SNAPSHOT_FILE} is unusable: {e}"))?;
+        state.reindex();
+        Ok(Snapshot { seq: self.seq, sum: self.sum, state })
+    }
 }
 
 /// Loads the snapshot if there is a usable one. `Err` says why an existing one was ignored.
 pub fn load_snapshot(run_dir: &Path) -> Result<Option<Snapshot>, String> {
-    let path = run_dir.join(SNAPSHOT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let unusable = |why: String| format!("{} is unusable: {why}", path.display());
-    let (trailer, body) = Trailer::check(bytes.strip_suffix(b"\n").unwrap_or(&bytes)).map_err(unusable)?;
-    if trailer.format != SNAPSHOT_FORMAT {
-        return Err(unusable(format!("format {}, expected {SNAPSHOT_FORMAT}", trailer.format)));
-    }
-    let mut state: RunState = serde_json::from_slice(body).map_err(|e| unusable(e.to_string()))?;
-    state.reindex();
-    Ok(Some(Snapshot { seq: trailer.seq, sum: trailer.sum, state }))
+    SnapshotFile::read(run_dir)?.map(SnapshotFile::into_snapshot).transpose()
 }

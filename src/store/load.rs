@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::journal::{self, JOURNAL_FILE, JournalError, Record, Scan, TornTail};
-use crate::state::{FoldError, RunState, covered_seq, load_snapshot};
+use crate::state::{FoldError, RunState, SnapshotFile};
 
 /// How the snapshot took part in a load.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,10 +50,16 @@ pub enum LoadError {
 /// covers replaces folding that prefix. `records` holds the parsed records with
 /// `seq > records_after` (pass `u64::MAX` when none are needed).
 pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
-    let loaded = load(run_dir, use_snapshot, records_after)?;
+    // The snapshot is read before the journal: it is written only after what it covers is
+    // durable, so a journal read afterwards holds at least that much, even while a runner
+    // is appending to both.
+    let snapshot = SnapshotFile::read(run_dir);
+    let covered = snapshot.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.seq));
+    let snapshot = if use_snapshot { snapshot } else { Ok(None) };
+    let loaded = load(run_dir, snapshot, records_after)?;
     // A torn tail is only ever made of events that were not yet durable; a snapshot that
     // covers more than the intact journal proves some durable lines were lost.
-    if let Some(covered) = covered_seq(run_dir).filter(|&k| k > loaded.last_seq) {
+    if let Some(covered) = covered.filter(|&k| k > loaded.last_seq) {
         return Err(LoadError::Journal(JournalError::Corrupt {
             path: run_dir.join(JOURNAL_FILE),
             line: loaded.last_seq + 1,
@@ -69,22 +75,22 @@ pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Resul
     Ok(loaded)
 }
 
-fn load(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
+fn load(
+    run_dir: &Path,
+    snapshot: Result<Option<SnapshotFile>, String>,
+    records_after: u64,
+) -> Result<Loaded, LoadError> {
     let path = run_dir.join(JOURNAL_FILE);
     let bytes = std::fs::read(&path).map_err(|e| JournalError::io(&path, e))?;
     let fold_err = |err| LoadError::Fold { path: path.clone(), err };
 
     let mut snapshot_use = SnapshotUse::Absent;
-    let snapshot = if use_snapshot {
-        match load_snapshot(run_dir) {
-            Ok(s) => s,
-            Err(reason) => {
-                snapshot_use = SnapshotUse::Ignored(reason);
-                None
-            }
+    let snapshot = match snapshot.and_then(|s| s.map(SnapshotFile::into_snapshot).transpose()) {
+        Ok(s) => s,
+        Err(reason) => {
+            snapshot_use = SnapshotUse::Ignored(reason);
+            None
         }
-    } else {
-        None
     };
 
     if let Some(snap) = snapshot {

@@ -22,7 +22,10 @@ const MAX_RUN_ID_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid run id {0:?}: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`")]
+    #[error(
+        "invalid run id {0:?}: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.` or \
+         `projection.`"
+    )]
     BadRunId(String),
     #[error("no run `{id}` in {}", dir.display())]
     NotFound { id: String, dir: PathBuf },
@@ -52,11 +55,13 @@ impl StoreError {
     }
 }
 
-/// Checks a run id given by a user: it becomes a directory name.
+/// Checks a run id given by a user: it becomes a directory name beside the projection's
+/// files, so `projection.*` is taken.
 pub fn validate_run_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_RUN_ID_LEN
         && !id.starts_with('.')
+        && !id.starts_with("projection.")
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok { Ok(()) } else { Err(StoreError::BadRunId(id.to_string())) }
 }
@@ -186,7 +191,18 @@ mod tests {
         for ok in ["a", "etl-2026-11-21", "x.y_z", &"a".repeat(128)] {
             assert!(validate_run_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "..", "a/b", "../x", "a b", "é", &"a".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            &"a".repeat(129),
+            "projection.lock",
+            "projection.sqlite",
+        ] {
             assert!(validate_run_id(bad).is_err(), "{bad}");
         }
     }

@@ -149,3 +149,49 @@ fn a_rebuild_replaces_the_file_only_when_nobody_has_it_open() {
     assert_ne!(ino(), before, "a rebuild with nobody else around builds a new file");
     assert_eq!(env.projection_dump(), live);
 }
+
+#[test]
+fn readers_never_mistake_a_live_run_for_a_damaged_one() {
+    // A run that keeps resuming writes snapshots and journal lines while readers read both.
+    let env = Env::new();
+    let mut toml = String::new();
+    for i in 0..300 {
+        toml.push_str(&format!("[[steps]]\nid = 's{i}'\nrun = 'true'\n"));
+    }
+    toml.push_str("[[steps]]\nid = 'last'\nrun = 'exit 1'\n");
+    let flow = env.flow("busy", &toml);
+    env.run(&["-q", "run", &flow, "--run-id", "l"]).code(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = env.run(&["-q", "resume", "--run-id", "l"]);
+            }
+        });
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            env.run(&["verify", "--run-id", "l"]).code(0);
+            env.run(&["-q", "rebuild-projection"]).code(0);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn a_damaged_projection_file_is_rebuilt() {
+    let env = Env::new();
+    let flow = env.flow("ok", "[[steps]]\nid='a'\nrun='true'\n");
+    env.run(&["run", &flow, "--run-id", "r"]).code(0);
+    let live = env.projection_dump();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.runs_dir().join(format!("projection.sqlite{suffix}")));
+    }
+    std::fs::write(env.runs_dir().join("projection.sqlite"), "this is not a database at all, just text")
+        .expect("w");
+    env.run(&["rebuild-projection"]).code(0).stdout_has("1 runs");
+    assert_eq!(env.projection_dump(), live);
+    std::fs::write(env.runs_dir().join("projection.sqlite"), "garbage again, garbage again, garbage again")
+        .expect("w");
+    env.run(&["status"]).code(0).stdout_has("r ").stderr_has("damaged; rebuilding");
+    assert_eq!(env.projection_dump(), live);
+}

@@ -86,3 +86,12 @@ fn a_directory_that_is_not_a_run_is_not_taken_over() {
     let entries: Vec<_> = std::fs::read_dir(env.run_dir("taken")).expect("dir").collect();
     assert!(entries.is_empty(), "the foreign directory was changed");
 }
+
+#[test]
+fn run_ids_cannot_take_the_projection_s_names() {
+    let env = Env::new();
+    let flow = env.flow("f", "[[steps]]\nid='a'\nrun='true'\n");
+    for id in ["projection.lock", "projection.sqlite", "projection.sqlite-wal"] {
+        rejected(&env, &["run", &flow, "--run-id", id], "invalid run id");
+    }
+}

@@ -382,3 +382,41 @@ fn resume_stops_only_its_own_leftovers() {
     theirs.run(&["resume", "--run-id", "r"]).code(0);
     assert!(!alive(their_shell));
 }
+
+#[test]
+fn resuming_a_finished_run_stops_what_its_dead_runner_left_behind() {
+    let env = Env::new();
+    // (The pause lets `setsid` leave the group before the step ends; until then it is a
+    // leftover of the step like any other and is stopped with it.)
+    let flow =
+        env.flow("escape", "[[steps]]\nid='escape'\nrun='setsid sleep 60 & echo $! > esc.pid; sleep 0.3'\n");
+    // Commit 3 holds the step's success and RunFinished; the runner dies right after it,
+    // before it could stop the detached process.
+    let out = env
+        .command(&["run", &flow, "--run-id", "e"])
+        .env(runner::faults::ENV, "after-commit:3")
+        .output()
+        .expect("runner");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    let esc = read_pid(&env, "esc.pid");
+    assert!(alive(esc));
+    env.run(&["resume", "--run-id", "e"]).code(0).stderr_has("already succeeded");
+    wait_for("the detached process to be stopped", Duration::from_secs(10), || !alive(esc));
+}
+
+#[test]
+fn a_step_that_cannot_start_stops_the_others_in_the_same_batch() {
+    let env = Env::new();
+    // An environment value over Linux's 128 KiB limit for one string: exec fails (E2BIG).
+    let huge = "x".repeat(200_000);
+    let flow = env.flow(
+        "three",
+        &format!(
+            "[[steps]]\nid='a'\nneeds=[]\nrun='true'\nenv={{ HUGE = '{huge}' }}\n\
+             [[steps]]\nid='b'\nneeds=[]\nrun='echo b >> b.out'\n[[steps]]\nid='c'\nneeds=[]\nrun='echo c >> c.out'\n"
+        ),
+    );
+    env.run(&["run", &flow, "--run-id", "s", "--jobs", "3"]).code(1).stderr_has("cannot start the command");
+    assert_eq!(env.count("b.out") + env.count("c.out"), 0, "steps started after a step failed for good");
+}
