@@ -118,6 +118,21 @@ impl SnapshotFile {
         Ok(Some(SnapshotFile { seq: trailer.seq, sum: trailer.sum, body: bytes }))
     }
 
+    /// What the snapshot says it covers, read from its trailer alone (the file's last few
+    /// hundred bytes) and not yet verified: cheap enough to do for every run of a rebuild.
+    pub fn claimed(run_dir: &Path) -> Option<(u64, String)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(run_dir.join(SNAPSHOT_FILE)).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(1024))).ok()?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).ok()?;
+        let tail = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let line = &tail[tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..];
+        let trailer: Trailer = serde_json::from_slice(line).ok()?;
+        Some((trailer.seq, trailer.sum))
+    }
+
     /// Parses the state it holds.
     pub fn into_snapshot(self) -> Result<Snapshot, String> {
         let mut state: RunState =

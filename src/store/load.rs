@@ -53,13 +53,22 @@ pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Resul
     // The snapshot is read before the journal: it is written only after what it covers is
     // durable, so a journal read afterwards holds at least that much, even while a runner
     // is appending to both.
-    let snapshot = SnapshotFile::read(run_dir);
-    let covered = snapshot.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.seq));
-    let snapshot = if use_snapshot { snapshot } else { Ok(None) };
+    let (snapshot, claimed) = if use_snapshot {
+        let snapshot = SnapshotFile::read(run_dir);
+        let claimed = snapshot.as_ref().ok().and_then(|s| s.as_ref().map(|s| (s.seq, s.sum.clone())));
+        (snapshot, claimed)
+    } else {
+        (Ok(None), SnapshotFile::claimed(run_dir))
+    };
+    let verified = claimed.is_some() && use_snapshot;
     let loaded = load(run_dir, snapshot, records_after)?;
     // A torn tail is only ever made of events that were not yet durable; a snapshot that
-    // covers more than the intact journal proves some durable lines were lost.
-    if let Some(covered) = covered.filter(|&k| k > loaded.last_seq) {
+    // covers more than the intact journal proves some durable lines were lost. (A trailer
+    // read alone is verified before it counts, and only if it is still the same snapshot.)
+    let proven = claimed.filter(|(seq, _)| *seq > loaded.last_seq).filter(|(seq, sum)| {
+        verified || SnapshotFile::read(run_dir).ok().flatten().is_some_and(|s| s.seq == *seq && s.sum == *sum)
+    });
+    if let Some((covered, _)) = proven {
         return Err(LoadError::Journal(JournalError::Corrupt {
             path: run_dir.join(JOURNAL_FILE),
             line: loaded.last_seq + 1,
