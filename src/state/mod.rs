@@ -414,10 +414,6 @@ impl RunState {
         self.index.counts[status as usize]
     }
 
-    /// Attempts across all steps.
-    pub fn total_attempts(&self) -> usize {
-        self.steps.iter().map(|s| s.attempts.len()).sum()
-    }
 }
 
 fn fail_reason(r: FailReason) -> &'static str {
