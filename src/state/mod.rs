@@ -413,7 +413,6 @@ impl RunState {
     pub fn count(&self, status: StepStatus) -> usize {
         self.index.counts[status as usize]
     }
-
 }
 
 fn fail_reason(r: FailReason) -> &'static str {
