@@ -509,7 +509,14 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
             }))?;
             let mut duration_ms = rng.duration_ms();
             let event = if ending == Ending::Succeeded {
-                Event::StepSucceeded(StepSucceeded { step: step.id.clone(), visit: 1, attempt, duration_ms })
+                Event::StepSucceeded(StepSucceeded {
+                    step: step.id.clone(),
+                    visit: 1,
+                    attempt,
+                    duration_ms,
+                    outputs: Default::default(),
+                    handoff: None,
+                })
             } else {
                 totals.failed_attempts += 1;
                 let (reason, exit_code, signal, message) = match (rng.below(10), step.timeout_s) {

@@ -110,6 +110,9 @@ pub struct StatusArgs {
     /// Show the steps of this run
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
+    /// Show one step of the run in detail: visits, attempts, outputs, handoff, routes
+    #[arg(long, value_name = "STEP", requires = "run_id")]
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +125,9 @@ pub struct LogsArgs {
     /// Only this attempt (default: the latest attempt of each step)
     #[arg(long, value_name = "N", requires = "step")]
     pub attempt: Option<u32>,
+    /// Of this visit of a step that a loop ran more than once (default: the latest)
+    #[arg(long, value_name = "N", requires = "step")]
+    pub visit: Option<u32>,
     /// Only this stream, printed as is without headers
     #[arg(long, value_parser = ["stdout", "stderr"])]
     pub stream: Option<String>,

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::journal::{Event, Record, RunOutcome};
+use crate::journal::{Event, Record, RoutingSource, RunOutcome};
 use crate::state::RunState;
-use crate::store::STEPS_DIR;
+use crate::store::{attempt_dir, visit_label};
 
 /// Lines of a failed step's log shown under the failure.
 const TAIL_LINES: usize = 10;
@@ -52,7 +52,7 @@ impl Reporter {
         let quiet = self.verbosity == Verbosity::Quiet;
         match &record.event {
             Event::StepStarted(e) if !quiet => {
-                let mut text = format!("{}: started", e.step);
+                let mut text = format!("{}: started", visit_label(&e.step, e.visit));
                 if e.attempt > 1 {
                     text.push_str(&format!(" (attempt {})", e.attempt));
                 }
@@ -62,10 +62,34 @@ impl Reporter {
                 self.line(&text);
             }
             Event::StepSucceeded(e) if !quiet => {
-                self.line(&format!("{}: succeeded in {}", e.step, human_ms(e.duration_ms)));
+                self.line(&format!(
+                    "{}: succeeded in {}",
+                    visit_label(&e.step, e.visit),
+                    human_ms(e.duration_ms)
+                ));
             }
+            Event::StepSkipped(e) if !quiet => {
+                self.line(&format!("{}: skipped ({})", visit_label(&e.step, e.visit), e.reason));
+            }
+            Event::RoutingDecided(e) => match (&e.failure, &e.chosen) {
+                (Some(f), _) => self.line(&format!("{}: failed: {f}", visit_label(&e.step, e.visit))),
+                (None, Some(c)) if !quiet => {
+                    let how = match e.rule {
+                        Some(k) if e.routing_source == RoutingSource::Rule => format!("rule {}", k + 1),
+                        _ => e.routing_source.as_str().to_string(),
+                    };
+                    let again = if e.reset.is_empty() { "" } else { " (again)" };
+                    self.line(&format!("{}: routed to {c}{again} by {how}", visit_label(&e.step, e.visit)));
+                }
+                _ => {}
+            },
             Event::StepFailed(e) => {
-                let mut text = format!("{}: failed: {} after {}", e.step, e.message, human_ms(e.duration_ms));
+                let mut text = format!(
+                    "{}: failed: {} after {}",
+                    visit_label(&e.step, e.visit),
+                    e.message,
+                    human_ms(e.duration_ms)
+                );
                 if let Some(ms) = e.retry_in_ms {
                     text.push_str(&format!("; retrying in {}", human_ms(ms)));
                 }
@@ -73,7 +97,7 @@ impl Reporter {
                     return;
                 }
                 self.line(&text);
-                self.show_tail(&e.step, e.attempt);
+                self.show_tail(&e.step, e.visit, e.attempt);
             }
             Event::StepInterrupted(e) if !quiet => {
                 self.line(&format!("{}: interrupted (attempt {})", e.step, e.attempt));
@@ -108,8 +132,8 @@ impl Reporter {
     }
 
     /// Prints the last lines a failed attempt wrote (stderr, else stdout).
-    fn show_tail(&self, step: &str, attempt: u32) {
-        let dir = self.run_dir.join(STEPS_DIR).join(step).join(attempt.to_string());
+    fn show_tail(&self, step: &str, visit: u32, attempt: u32) {
+        let dir = attempt_dir(&self.run_dir, step, visit, attempt);
         for name in ["stderr.log", "stdout.log"] {
             let path = dir.join(name);
             let Ok(text) = std::fs::read_to_string(&path) else { continue };

@@ -1,12 +1,15 @@
 //! What runs next: pure decisions from the flow and the folded state, no I/O.
 //!
-//! [`Scheduler`] keeps, for every step, how many of its needs have not succeeded yet, and
-//! the set of steps that could start. It is told which step's status changed after each
-//! event, so deciding costs time in proportion to what changed, not to the size of the
-//! flow: a 100,000-step flow is scheduled as cheaply per step as a 10-step one.
+//! [`Scheduler`] keeps, for every step, how many of its needs are not done yet (succeeded
+//! or skipped), and the set of steps whose needs all are: the candidates. It is told which
+//! step's status changed after each event, so deciding costs time in proportion to what
+//! changed, not to the size of the flow: a 100,000-step flow is scheduled as cheaply per
+//! step as a 10-step one. [`decide`] then says what to do with a candidate: start it, skip
+//! it (and why), or wait.
 
 use std::collections::BTreeSet;
 
+use crate::expr;
 use crate::flow::Flow;
 use crate::journal::RunOutcome;
 use crate::state::{RunState, StepStatus};
@@ -16,11 +19,11 @@ use crate::state::{RunState, StepStatus};
 pub struct Scheduler {
     /// For each step, the steps that need it.
     dependents: Vec<Vec<usize>>,
-    /// For each step, how many of its needs have not succeeded.
+    /// For each step, how many of its needs are not done.
     unmet: Vec<usize>,
     /// The status each step had when last synced.
     status: Vec<StepStatus>,
-    /// Steps with every need succeeded that are waiting to (re)start, in file order.
+    /// Steps with every need done that are waiting to (re)start, in file order.
     open: BTreeSet<usize>,
     /// Steps that failed for good.
     failed: usize,
@@ -54,14 +57,13 @@ impl Scheduler {
         if old == new {
             return;
         }
-        let succeeded = StepStatus::Succeeded;
-        if old != succeeded && new == succeeded {
+        if !old.is_done() && new.is_done() {
             for k in 0..self.dependents[i].len() {
                 let d = self.dependents[i][k];
                 self.unmet[d] -= 1;
                 self.refresh(d);
             }
-        } else if old == succeeded && new != succeeded {
+        } else if old.is_done() && !new.is_done() {
             for k in 0..self.dependents[i].len() {
                 let d = self.dependents[i][k];
                 self.unmet[d] += 1;
@@ -90,31 +92,148 @@ impl Scheduler {
         }
     }
 
-    /// Steps that may start now, in file order: not yet succeeded or running, and every
-    /// need succeeded. Once a step has failed for good no new step starts; steps already
-    /// under way finish, and that includes one waiting to retry. The caller applies
-    /// `--jobs` and retry delays.
-    pub fn ready(&self) -> impl Iterator<Item = usize> + '_ {
-        let failed = self.failed > 0;
-        self.open.iter().copied().filter(move |&i| !failed || self.status[i] == StepStatus::Retrying)
+    /// Steps not running or finished whose needs are all done, in file order; [`decide`]
+    /// says what to do with each. The caller applies `--jobs` and retry delays.
+    pub fn candidates(&self) -> impl Iterator<Item = usize> + '_ {
+        self.open.iter().copied()
     }
 
-    pub fn is_idle(&self) -> bool {
-        self.ready().next().is_none()
+    pub fn is_candidate(&self, i: usize) -> bool {
+        self.open.contains(&i)
     }
 
-    pub fn is_ready(&self, i: usize) -> bool {
-        self.open.contains(&i) && (self.failed == 0 || self.status[i] == StepStatus::Retrying)
+    /// Some step has failed for good: only retries under way and clean-up steps start.
+    pub fn failing(&self) -> bool {
+        self.failed > 0
     }
+}
+
+/// What to do with a candidate step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Start,
+    /// Journal the visit as skipped, with this reason.
+    Skip(String),
+    /// Not now: a failure holds it back, or a router has not decided yet.
+    Wait,
+}
+
+/// Decides about step `i`, a candidate (or a clean-up step [`released`] by a failure).
+/// Conditions are evaluated here, once per visit: the caller journals the result, and a
+/// resumed run never evaluates it again.
+///
+/// A step a router did not choose is skipped, except while the router's choice is on a
+/// loop back to the router: the router will decide again, so the step waits; only when
+/// nothing else can move (`settle`) is it skipped for good.
+pub fn decide(flow: &Flow, state: &RunState, i: usize, failing: bool, settle: bool) -> Action {
+    let step = &flow.steps[i];
+    let st = &state.steps[i];
+    let handles_failure = step.cond.as_ref().is_some_and(|c| c.handles_failure());
+    if !st.new_visit {
+        // The visit was decided already: this is another attempt of it.
+        let go = !failing || st.status == StepStatus::Retrying || handles_failure;
+        return if go { Action::Start } else { Action::Wait };
+    }
+    let mut skipped: Option<String> = None;
+    let mut broken = false;
+    for &n in &step.needs {
+        let need = &state.steps[n];
+        match need.status {
+            StepStatus::Succeeded if !flow.steps[n].next.is_empty() => match need.route() {
+                None => return Action::Wait,
+                Some(d) if d.chosen.as_deref() != Some(step.id.as_str()) => {
+                    let looping = d
+                        .chosen
+                        .as_deref()
+                        .and_then(|c| state.step_pos(c))
+                        .is_some_and(|c| flow.steps[n].loop_mates.contains(&c));
+                    if looping && !settle {
+                        return Action::Wait;
+                    }
+                    let chosen = d.chosen.as_deref().unwrap_or("nothing");
+                    skipped.get_or_insert_with(|| format!("not routed: `{}` chose `{chosen}`", need.id));
+                }
+                Some(_) => {}
+            },
+            StepStatus::Succeeded => {}
+            StepStatus::Skipped => {
+                skipped.get_or_insert_with(|| format!("`{}` was skipped", need.id));
+            }
+            _ => broken = true,
+        }
+    }
+    if !handles_failure {
+        if failing || broken {
+            return Action::Wait;
+        }
+        if let Some(reason) = skipped {
+            return Action::Skip(reason);
+        }
+    }
+    match &step.cond {
+        None => Action::Start,
+        Some(c) if c.is_true(&Conditions { state, failing: failing || broken }) => Action::Start,
+        Some(c) => Action::Skip(format!("condition is false: {}", c.source())),
+    }
+}
+
+/// Clean-up steps that may be decided now that the run is failing and nothing else can
+/// make progress: pending, with an `if` that handles failure, and no need still able to
+/// finish (running, or itself such a clean-up step). O(steps); called only when idle.
+pub fn released(flow: &Flow, state: &RunState) -> Vec<usize> {
+    let waiting = |i: usize| {
+        let st = &state.steps[i];
+        st.new_visit
+            && st.status == StepStatus::Pending
+            && flow.steps[i].cond.as_ref().is_some_and(|c| c.handles_failure())
+    };
+    (0..flow.steps.len())
+        .filter(|&i| {
+            waiting(i)
+                && flow.steps[i].needs.iter().all(|&n| {
+                    !waiting(n)
+                        && !matches!(state.steps[n].status, StepStatus::Running | StepStatus::Retrying)
+                })
+        })
+        .collect()
+}
+
+/// What a condition sees: parameters, outputs and statuses from the folded state.
+struct Conditions<'a> {
+    state: &'a RunState,
+    failing: bool,
+}
+
+impl expr::Context for Conditions<'_> {
+    fn param(&self, name: &str) -> Option<String> {
+        self.state.params.get(name).cloned()
+    }
+
+    fn output(&self, step: &str, key: &str) -> Option<String> {
+        self.state.step(step)?.outputs()?.get(key).cloned()
+    }
+
+    fn status(&self, step: &str) -> Option<String> {
+        self.state.step(step).map(|s| s.status.as_str().to_string())
+    }
+
+    fn success(&self) -> bool {
+        !self.failure()
+    }
+
+    fn failure(&self) -> bool {
+        self.failing || self.state.count(StepStatus::Failed) > 0
+    }
+}
+
+/// Evaluates a routing rule's condition against the state.
+pub fn holds(cond: &expr::Expr, state: &RunState) -> bool {
+    cond.is_true(&Conditions { state, failing: false })
 }
 
 /// The run's result once nothing runs and nothing can start.
 pub fn outcome(state: &RunState) -> RunOutcome {
-    if state.steps.iter().all(|s| s.status == StepStatus::Succeeded) {
-        RunOutcome::Succeeded
-    } else {
-        RunOutcome::Failed
-    }
+    if state.steps.iter().all(|s| s.status.is_done()) { RunOutcome::Succeeded } else { RunOutcome::Failed }
 }
 
 /// Steps that failed for good, in flow order.
@@ -161,29 +280,31 @@ mod tests {
     /// Sets a status and tells the scheduler, as the session does after each event.
     fn set(s: &mut Scheduler, state: &mut RunState, i: usize, status: StepStatus) {
         state.steps[i].status = status;
+        state.steps[i].new_visit = status == StepStatus::Pending;
         s.sync(state, i);
     }
 
-    fn ready(s: &Scheduler) -> Vec<usize> {
-        s.ready().collect()
+    /// The candidates that `decide` would start.
+    fn ready_in(s: &Scheduler, flow: &Flow, state: &RunState) -> Vec<usize> {
+        s.candidates().filter(|&i| decide(flow, state, i, s.failing(), false) == Action::Start).collect()
     }
 
     #[test]
     fn roots_first_then_dependents_when_needs_succeed() {
         let (flow, mut state) = setup(DIAMOND);
         let mut s = Scheduler::new(&flow, &state);
-        assert_eq!(ready(&s), vec![0]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![0]);
         set(&mut s, &mut state, 0, StepStatus::Running);
-        assert!(s.is_idle());
+        assert!(ready_in(&s, &flow, &state).is_empty());
         set(&mut s, &mut state, 0, StepStatus::Succeeded);
-        assert_eq!(ready(&s), vec![1, 2]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![1, 2]);
         set(&mut s, &mut state, 1, StepStatus::Succeeded);
         set(&mut s, &mut state, 2, StepStatus::Retrying);
-        assert_eq!(ready(&s), vec![2]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![2]);
         set(&mut s, &mut state, 2, StepStatus::Succeeded);
-        assert_eq!(ready(&s), vec![3]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![3]);
         set(&mut s, &mut state, 3, StepStatus::Succeeded);
-        assert!(s.is_idle());
+        assert!(ready_in(&s, &flow, &state).is_empty());
         assert_eq!(outcome(&state), RunOutcome::Succeeded);
     }
 
@@ -193,18 +314,20 @@ mod tests {
         let mut s = Scheduler::new(&flow, &state);
         set(&mut s, &mut state, 0, StepStatus::Succeeded);
         set(&mut s, &mut state, 1, StepStatus::Failed);
-        assert!(s.is_idle(), "{:?}", ready(&s));
+        assert!(ready_in(&s, &flow, &state).is_empty());
         set(&mut s, &mut state, 2, StepStatus::Retrying);
-        assert_eq!(ready(&s), vec![2]);
-        assert!(s.is_ready(2) && !s.is_ready(3));
+        assert_eq!(ready_in(&s, &flow, &state), vec![2]);
+        assert!(s.is_candidate(2) && !s.is_candidate(3));
         set(&mut s, &mut state, 2, StepStatus::Failed);
         assert_eq!(outcome(&state), RunOutcome::Failed);
         assert_eq!(failed_steps(&state), vec!["b", "c"]);
-        // A resume makes failed steps pending again.
+        // A resume makes failed steps pending again (in the same visit).
         state.steps[1].status = StepStatus::Pending;
         state.steps[2].status = StepStatus::Pending;
+        state.steps[1].new_visit = false;
+        state.steps[2].new_visit = false;
         s.sync_all(&state);
-        assert_eq!(ready(&s), vec![1, 2]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![1, 2]);
     }
 
     #[test]
@@ -212,9 +335,9 @@ mod tests {
         let (flow, mut state) = setup(DIAMOND);
         let mut s = Scheduler::new(&flow, &state);
         set(&mut s, &mut state, 0, StepStatus::Succeeded);
-        assert_eq!(ready(&s), vec![1, 2]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![1, 2]);
         set(&mut s, &mut state, 0, StepStatus::Pending);
-        assert_eq!(ready(&s), vec![0]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![0]);
     }
 
     #[test]
@@ -222,8 +345,10 @@ mod tests {
         let (flow, mut state) = setup(DIAMOND);
         state.steps[0].status = StepStatus::Succeeded;
         state.steps[1].status = StepStatus::Interrupted;
+        state.steps[0].new_visit = false;
+        state.steps[1].new_visit = false;
         let s = Scheduler::new(&flow, &state);
-        assert_eq!(ready(&s), vec![1, 2]);
+        assert_eq!(ready_in(&s, &flow, &state), vec![1, 2]);
     }
 
     #[test]
@@ -235,9 +360,9 @@ mod tests {
         let (flow, mut state) = setup(&toml);
         let mut s = Scheduler::new(&flow, &state);
         for i in 0..2000 {
-            assert_eq!(ready(&s), vec![i]);
+            assert_eq!(ready_in(&s, &flow, &state), vec![i]);
             set(&mut s, &mut state, i, StepStatus::Succeeded);
         }
-        assert!(s.is_idle());
+        assert!(ready_in(&s, &flow, &state).is_empty());
     }
 }

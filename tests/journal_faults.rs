@@ -47,7 +47,14 @@ fn started(step: &str, attempt: u32, pid: i32) -> Event {
 }
 
 fn succeeded(step: &str, attempt: u32, duration_ms: u64) -> Event {
-    Event::StepSucceeded(StepSucceeded { step: step.into(), visit: 1, attempt, duration_ms })
+    Event::StepSucceeded(StepSucceeded {
+        step: step.into(),
+        visit: 1,
+        attempt,
+        duration_ms,
+        outputs: Default::default(),
+        handoff: None,
+    })
 }
 
 fn failed(step: &str, attempt: u32, reason: FailReason, message: &str, retry_in_ms: Option<u64>) -> Event {

@@ -130,7 +130,14 @@ fn reader_fixture() -> &'static ReaderFixture {
                 retry_in_ms: Some(1000),
             }),
             start("a", 2),
-            Event::StepSucceeded(StepSucceeded { step: "a".into(), visit: 1, attempt: 2, duration_ms: 4 }),
+            Event::StepSucceeded(StepSucceeded {
+                step: "a".into(),
+                visit: 1,
+                attempt: 2,
+                duration_ms: 4,
+                outputs: Default::default(),
+                handoff: None,
+            }),
             start("b", 1),
             Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into() }),
             Event::RunResumed(RunResumed { session: session(2) }),
@@ -143,7 +150,14 @@ fn reader_fixture() -> &'static ReaderFixture {
                 duration_ms: None,
             }),
             start("b", 2),
-            Event::StepSucceeded(StepSucceeded { step: "b".into(), visit: 1, attempt: 2, duration_ms: 9 }),
+            Event::StepSucceeded(StepSucceeded {
+                step: "b".into(),
+                visit: 1,
+                attempt: 2,
+                duration_ms: 9,
+                outputs: Default::default(),
+                handoff: None,
+            }),
             Event::RunFinished(RunFinished { outcome: RunOutcome::Succeeded, failed_steps: vec![] }),
         ];
         let records = write_journal(&path, &events, &[3, 1, 2]);
@@ -1244,11 +1258,22 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                 steps[i] = if flag { Model::Retrying } else { Model::Failed };
             }
             Action::Succeed(i) => {
+                // Some successes leave outputs and a handoff, so their tables are compared too.
+                let leaves = c.is_multiple_of(3);
                 events.push(Event::StepSucceeded(StepSucceeded {
                     step: ids[i].clone(),
                     visit: 1,
                     attempt: attempts[i],
                     duration_ms,
+                    outputs: if leaves {
+                        [("verdict".to_string(), format!("a=b\n{c}"))].into_iter().collect()
+                    } else {
+                        Default::default()
+                    },
+                    handoff: leaves.then(|| runner::journal::Handoff {
+                        content_md: format!("# brief {c}\n"),
+                        metadata: Some(serde_json::json!({ "n": c })),
+                    }),
                 }));
                 steps[i] = Model::Succeeded;
             }
@@ -1320,6 +1345,8 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     visit: 1,
                     attempt: attempts[i],
                     duration_ms: 1,
+                    outputs: Default::default(),
+                    handoff: None,
                 }));
                 *s = Model::Succeeded;
             }

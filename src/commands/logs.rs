@@ -6,7 +6,7 @@ use crate::cli::{Global, LogsArgs};
 use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::state::{Attempt, StepState};
-use crate::store::{STEPS_DIR, load_run};
+use crate::store::{attempt_dir, load_run, visit_label};
 
 pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
     let dir = g.runs().existing(&args.run_id)?;
@@ -29,17 +29,23 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
     let mut out = std::io::stdout().lock();
     for step in steps {
         let attempt: Option<&Attempt> = match args.attempt {
-            Some(n) => Some(step.attempts.iter().find(|a| a.attempt == n).ok_or_else(|| {
-                Error::Usage(format!(
-                    "step `{}` has no attempt {n} (it has {})",
-                    step.id,
-                    step.attempts.len()
-                ))
-            })?),
+            Some(n) => {
+                let visit = args.visit.unwrap_or(step.visit.max(1));
+                let found = step.attempts.iter().find(|a| a.attempt == n && a.visit == visit);
+                Some(found.ok_or_else(|| {
+                    let has = step.attempts.iter().filter(|a| a.visit == visit).count();
+                    Error::Usage(format!(
+                        "step `{}` has no attempt {n} (it has {has})",
+                        visit_label(&step.id, visit)
+                    ))
+                })?)
+            }
+            None if args.visit.is_some() => step.attempts.iter().rev().find(|a| Some(a.visit) == args.visit),
             None => step.last_attempt(),
         };
         let Some(attempt) = attempt else { continue };
-        let adir = dir.join(STEPS_DIR).join(&step.id).join(attempt.attempt.to_string());
+        let adir = attempt_dir(&dir, &step.id, attempt.visit, attempt.attempt);
+        let label = visit_label(&step.id, attempt.visit);
         let mut any = false;
         for stream in &streams {
             let mut content = Vec::new();
@@ -53,7 +59,7 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
                 continue;
             }
             any = true;
-            writeln!(out, "==> {} (attempt {}) {stream} <==", step.id, attempt.attempt)
+            writeln!(out, "==> {label} (attempt {}) {stream} <==", attempt.attempt)
                 .map_err(io_at("stdout"))?;
             out.write_all(&content).map_err(io_at("stdout"))?;
             if !content.ends_with(b"\n") {
@@ -61,7 +67,7 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
             }
         }
         if !any && args.stream.is_none() {
-            writeln!(out, "==> {} (attempt {}): no output <==", step.id, attempt.attempt)
+            writeln!(out, "==> {label} (attempt {}): no output <==", attempt.attempt)
                 .map_err(io_at("stdout"))?;
         }
     }

@@ -31,6 +31,31 @@ pub enum FlowErrorKind {
     Cycle(Vec<String>),
     #[error("step `{0}` has an empty `run` command")]
     EmptyRun(String),
+    #[error("step `{0}`: missing field `run` (the command to run)")]
+    MissingRun(String),
+    #[error("invalid condition in `{field}`: {message}")]
+    Condition { field: String, message: String },
+    #[error("`{field}` refers to unknown step `{name}`{hint}")]
+    UnknownStepRef { field: String, name: String, hint: String },
+    #[error("`{field}` refers to unknown parameter `{name}`; declare it under [params]")]
+    UnknownParamRef { field: String, name: String },
+    #[error("unknown step `{goto}` in the routes of `{step}`{hint}")]
+    UnknownGoto { step: String, goto: String, hint: String },
+    #[error(
+        "`{step}` cannot route to `{goto}`: a route leads forward to one of the steps that need \
+         `{step}` ({dependents}), or back to `{step}` or a step it depends on"
+    )]
+    BadGoto { step: String, goto: String, dependents: String },
+    #[error(
+        "step `{step}` can be visited again (loop {}) but has no `max_visits`; add \
+         `max_visits = N` to bound the loop",
+        .cycle.join(" -> ")
+    )]
+    MissingMaxVisits { step: String, cycle: Vec<String> },
+    #[error("`max_visits` must be between 1 and {max}")]
+    MaxVisits { max: u32 },
+    #[error("`{step}` has a rule without `if` (the default) before other rules, which would never be tried")]
+    DefaultNotLast { step: String },
     #[error(
         "`{field}` = {value:?} is not a valid duration: {reason} (examples: \"500ms\", \"30s\", \"1h 30m\")"
     )]

@@ -3,17 +3,19 @@
 mod error;
 mod params;
 mod raw;
+mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::expr::{self, Expr, Ref};
 use error::Source;
 pub use error::{FlowError, FlowErrorKind, Pos};
 pub use params::{ParamError, param_env_name, parse_param_args};
-use raw::{RawFlow, RawStep};
+use raw::{RawFlow, RawRule, RawStep};
 
 /// Grace between SIGTERM and SIGKILL when a step is stopped, unless the step sets `grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -22,6 +24,8 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// Upper bound for one retry delay, whatever the doubling reaches.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_STEP_ID_LEN: usize = 64;
+/// Upper bound for `max_visits`: a loop that needs more is a loop that does not end.
+pub const MAX_VISITS: u32 = 10_000;
 /// Longest duration a flow may ask for; anything longer is a typo, not a plan.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -59,9 +63,40 @@ pub struct Step {
     pub backoff: Duration,
     pub grace: Duration,
     pub description: Option<String>,
+    /// `if`: evaluated once per visit, when the step's needs are done.
+    pub cond: Option<Expr>,
+    /// Routing rules (`next`), tried in order after the step succeeds.
+    pub next: Vec<Rule>,
+    /// `max_visits` as written; a step on a loop must have it.
+    pub max_visits: Option<u32>,
+    /// Indices of the steps that need this one, in flow order.
+    pub dependents: Vec<usize>,
+    /// Steps that share a loop with this one (a backward route's cycle holds both).
+    pub loop_mates: BTreeSet<usize>,
+}
+
+/// One routing rule of a router step.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// `None` is the default rule.
+    pub cond: Option<Expr>,
+    pub goto: usize,
+    /// `goto` is the router itself or a step it depends on: a new visit of it starts.
+    pub backward: bool,
+    /// For a backward rule: `goto` and every step downstream of it, which become pending
+    /// again (flow order).
+    pub reset: Vec<usize>,
+    /// For a backward rule: the steps on the loop, from `goto` down to the router; each
+    /// must declare `max_visits`.
+    pub cycle: Vec<usize>,
 }
 
 impl Step {
+    /// How many visits the step may have: 1 unless `max_visits` says more.
+    pub fn visit_limit(&self) -> u32 {
+        self.max_visits.unwrap_or(1)
+    }
+
     /// Delay before retry number `n` (1-based): `backoff * 2^(n-1)`, capped.
     pub fn retry_delay(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -94,6 +129,18 @@ impl Flow {
 
     pub fn step_index(&self, id: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// Where router `i` can go: the steps that need it, then the steps its backward rules
+    /// name, without repeats.
+    pub fn candidates(&self, i: usize) -> Vec<usize> {
+        let mut out = self.steps[i].dependents.clone();
+        for rule in &self.steps[i].next {
+            if !out.contains(&rule.goto) {
+                out.push(rule.goto);
+            }
+        }
+        out
     }
 }
 
@@ -138,10 +185,13 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
 
     let mut steps = Vec::with_capacity(raw.steps.len());
     let mut need_spans = Vec::with_capacity(raw.steps.len());
+    let mut rules = Vec::with_capacity(raw.steps.len());
+    let scope = Scope { src, index: &index, params: &params };
     for (i, step) in raw.steps.into_iter().enumerate() {
-        let (step, spans) = build_step(src, i, step.into_inner(), &index)?;
+        let (step, spans, raw_rules) = build_step(&scope, i, step.into_inner())?;
         steps.push(step);
         need_spans.push(spans);
+        rules.push(raw_rules);
     }
     if let Some(cycle) = find_cycle(&steps) {
         // Point at the `needs` entry of the first step that closes the loop.
@@ -150,6 +200,13 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         let names = cycle.iter().map(|&i| steps[i].id.clone()).collect();
         return Err(src.error_at(at, FlowErrorKind::Cycle(names)));
     }
+    for i in 0..steps.len() {
+        for k in 0..steps[i].needs.len() {
+            let need = steps[i].needs[k];
+            steps[need].dependents.push(i);
+        }
+    }
+    routes::build(&scope, &mut steps, rules)?;
 
     Ok(Flow {
         name: src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "flow".into()),
@@ -164,15 +221,82 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
 
 type NeedSpans = Vec<(usize, usize)>;
 
+/// What names in a flow resolve to, for the checks that look them up.
+pub(crate) struct Scope<'a> {
+    src: &'a Source<'a>,
+    index: &'a HashMap<String, (usize, usize)>,
+    params: &'a BTreeMap<String, Param>,
+}
+
+impl Scope<'_> {
+    /// A condition, parsed and with every name it mentions checked; errors point at the
+    /// offending column inside the string.
+    fn condition(&self, field: &str, value: &Spanned<String>) -> Result<Expr, FlowError> {
+        let at = |offset: usize| string_offset(self.src, value, offset);
+        let e = expr::parse(value.get_ref()).map_err(|e| {
+            self.src.error_at(
+                at(e.offset),
+                FlowErrorKind::Condition { field: field.to_string(), message: e.message },
+            )
+        })?;
+        for r in e.refs() {
+            match r {
+                Ref::Param { name, offset } if !self.params.contains_key(&name) => {
+                    return Err(self
+                        .src
+                        .error_at(at(offset), FlowErrorKind::UnknownParamRef { field: field.into(), name }));
+                }
+                Ref::Output { step: name, offset, .. } | Ref::Status { step: name, offset }
+                    if !self.index.contains_key(&name) =>
+                {
+                    let hint = hint(&name, self.index.keys());
+                    return Err(self.src.error_at(
+                        at(offset),
+                        FlowErrorKind::UnknownStepRef { field: field.into(), name, hint },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(e)
+    }
+}
+
+/// The file offset of byte `offset` of a string value, when the string is written
+/// without escapes (so offsets match); otherwise the start of the string.
+fn string_offset(src: &Source, value: &Spanned<String>, offset: usize) -> usize {
+    let span = value.span();
+    let written = src.text.get(span.clone()).unwrap_or("");
+    let quote = written.chars().next().filter(|c| *c == '"' || *c == '\'');
+    match quote {
+        Some(q)
+            if written.len() >= 2
+                && !written.starts_with(&format!("{q}{q}{q}"))
+                && &written[1..written.len() - 1] == value.get_ref().as_str() =>
+        {
+            span.start + 1 + offset
+        }
+        _ => span.start,
+    }
+}
+
+fn hint<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    closest(name, known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+}
+
 fn build_step(
-    src: &Source,
+    scope: &Scope,
     i: usize,
     raw: RawStep,
-    index: &HashMap<String, (usize, usize)>,
-) -> Result<(Step, NeedSpans), FlowError> {
+) -> Result<(Step, NeedSpans, Vec<Spanned<RawRule>>), FlowError> {
+    let (src, index) = (scope.src, scope.index);
+    let id_at = raw.id.span().start;
     let id = raw.id.into_inner();
-    if raw.run.get_ref().trim().is_empty() {
-        return Err(src.error_at(raw.run.span().start, FlowErrorKind::EmptyRun(id)));
+    let Some(run) = raw.run else {
+        return Err(src.error_at(id_at, FlowErrorKind::MissingRun(id)));
+    };
+    if run.get_ref().trim().is_empty() {
+        return Err(src.error_at(run.span().start, FlowErrorKind::EmptyRun(id)));
     }
     let mut needs = Vec::new();
     let mut spans = Vec::new();
@@ -186,9 +310,7 @@ fn build_step(
         Some(list) => {
             for need in list {
                 let Some(&(target, _)) = index.get(need.get_ref()) else {
-                    let hint = closest(need.get_ref(), index.keys())
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
+                    let hint = hint(need.get_ref(), index.keys());
                     return Err(src.error_at(
                         need.span().start,
                         FlowErrorKind::UnknownNeed { step: id, need: need.into_inner(), hint },
@@ -219,9 +341,21 @@ fn build_step(
             (r.attempts, backoff)
         }
     };
+    let cond = match &raw.cond {
+        Some(c) => Some(scope.condition("if", c)?),
+        None => None,
+    };
+    let max_visits = match raw.max_visits {
+        Some(m) => u32::try_from(*m.get_ref())
+            .ok()
+            .filter(|n| (1..=MAX_VISITS).contains(n))
+            .map(Some)
+            .ok_or_else(|| src.error_at(m.span().start, FlowErrorKind::MaxVisits { max: MAX_VISITS }))?,
+        None => None,
+    };
     let step = Step {
         id,
-        run: raw.run.into_inner(),
+        run: run.into_inner(),
         needs,
         env: env_table(src, raw.env)?,
         timeout,
@@ -229,8 +363,13 @@ fn build_step(
         backoff,
         grace,
         description: raw.description,
+        cond,
+        next: Vec::new(),
+        max_visits,
+        dependents: Vec::new(),
+        loop_mates: BTreeSet::new(),
     };
-    Ok((step, spans))
+    Ok((step, spans, raw.next.unwrap_or_default()))
 }
 
 fn env_table(

@@ -33,7 +33,7 @@ pub struct RawParam {
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
     pub id: Spanned<String>,
-    pub run: Spanned<String>,
+    pub run: Option<Spanned<String>>,
     pub needs: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub env: BTreeMap<Spanned<String>, Scalar>,
@@ -41,6 +41,19 @@ pub struct RawStep {
     pub retries: Option<RawRetries>,
     pub grace: Option<Spanned<String>>,
     pub description: Option<String>,
+    #[serde(rename = "if")]
+    pub cond: Option<Spanned<String>>,
+    pub next: Option<Vec<Spanned<RawRule>>>,
+    pub max_visits: Option<Spanned<i64>>,
+}
+
+/// One routing rule: `{ if = "…", goto = "step" }`; without `if` it is the default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(rename = "if")]
+    pub cond: Option<Spanned<String>>,
+    pub goto: Spanned<String>,
 }
 
 /// `retries = 2` or `retries = { attempts = 2, backoff = "5s" }`.

@@ -58,6 +58,11 @@ events! {
     StepFailed(StepFailed),
     /// The attempt was stopped by a signal to the runner, or the runner died during it.
     StepInterrupted(StepInterrupted),
+    /// The step's visit was decided without running it (condition false, not routed, or
+    /// a need skipped).
+    StepSkipped(StepSkipped),
+    /// A router chose where to go after a successful visit: decided once, never again.
+    RoutingDecided(RoutingDecided),
     RunInterrupted(RunInterrupted),
     RunFinished(RunFinished),
 }
@@ -70,8 +75,20 @@ impl Event {
             Event::StepSucceeded(e) => Some(&e.step),
             Event::StepFailed(e) => Some(&e.step),
             Event::StepInterrupted(e) => Some(&e.step),
+            Event::StepSkipped(e) => Some(&e.step),
+            Event::RoutingDecided(e) => Some(&e.step),
             _ => None,
         }
+    }
+
+    /// Every step whose state the event changes: its step, and for a routing decision
+    /// the steps it makes pending again.
+    pub fn touched(&self) -> impl Iterator<Item = &str> {
+        let reset = match self {
+            Event::RoutingDecided(e) => e.reset.as_slice(),
+            _ => &[],
+        };
+        self.step().into_iter().chain(reset.iter().map(String::as_str))
     }
 }
 
@@ -149,6 +166,82 @@ pub struct StepSucceeded {
     pub visit: u32,
     pub attempt: u32,
     pub duration_ms: u64,
+    /// What the step wrote to `$RUNNER_OUTPUT`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// What the step wrote to `$RUNNER_HANDOFF` (and `$RUNNER_HANDOFF_META`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A document one step hands to the steps that need it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    pub content_md: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSkipped {
+    pub step: String,
+    pub visit: u32,
+    pub reason: String,
+}
+
+/// Where a routing decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingSource {
+    /// A rule whose `if` held.
+    Rule,
+    /// The rule without `if`.
+    Default,
+    /// No rule held and there is no default: the run fails ("no route").
+    Fallback,
+}
+
+impl RoutingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingSource::Rule => "rule",
+            RoutingSource::Default => "default",
+            RoutingSource::Fallback => "fallback",
+        }
+    }
+}
+
+/// Candidates above this count go to a file under `routing/` instead of the event.
+pub const INLINE_CANDIDATES: usize = 8;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingDecided {
+    pub step: String,
+    pub visit: u32,
+    /// The successful attempt whose result was routed.
+    pub attempt: u32,
+    pub routing_source: RoutingSource,
+    /// Index of the rule that decided (0-based), unless it is a fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    /// The step chosen; `None` when nothing could be chosen and the router failed.
+    pub chosen: Option<String>,
+    pub candidate_count: usize,
+    /// The candidates, when there are at most `INLINE_CANDIDATES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<String>>,
+    /// Otherwise the file (relative to the run directory) that lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_set_path: Option<String>,
+    /// Steps a backward route made pending again, for a new visit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reset: Vec<String>,
+    /// Why the router failed instead (no route, or a loop past `max_visits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// Why an attempt failed.
@@ -163,6 +256,8 @@ pub enum FailReason {
     Timeout,
     /// The command could not be started at all.
     Spawn,
+    /// The command succeeded but what it left in `$RUNNER_OUTPUT` or `$RUNNER_HANDOFF` is invalid.
+    Outputs,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -82,6 +82,11 @@ impl JournalWriter {
         self.staged.last().unwrap_or_else(|| unreachable!("just pushed"))
     }
 
+    /// The sequence number the next staged event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn has_staged(&self) -> bool {
         !self.staged.is_empty()
     }

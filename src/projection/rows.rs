@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 use crate::journal::{Event, Record};
 use crate::state::{RunState, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -32,6 +32,7 @@ CREATE TABLE steps (
     step_id     TEXT NOT NULL,
     position    INTEGER NOT NULL,
     status      TEXT NOT NULL,
+    visit       INTEGER NOT NULL,
     attempts    INTEGER NOT NULL,
     started_at  TEXT,
     finished_at TEXT,
@@ -57,6 +58,42 @@ CREATE TABLE attempts (
     duration_ms INTEGER,
     PRIMARY KEY (run_id, step_id, visit, attempt)
 ) WITHOUT ROWID;
+CREATE TABLE outputs (
+    run_id  TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    visit   INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id, visit, attempt, key)
+) WITHOUT ROWID;
+CREATE TABLE handoffs (
+    run_id        TEXT NOT NULL,
+    step_id       TEXT NOT NULL,
+    visit         INTEGER NOT NULL,
+    attempt       INTEGER NOT NULL,
+    content_md    TEXT NOT NULL,
+    metadata_json TEXT,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id, visit, attempt)
+) WITHOUT ROWID;
+CREATE TABLE routing_decisions (
+    run_id             TEXT NOT NULL,
+    seq                INTEGER NOT NULL,
+    step_id            TEXT NOT NULL,
+    visit              INTEGER NOT NULL,
+    attempt            INTEGER NOT NULL,
+    routing_source     TEXT NOT NULL,
+    rule               INTEGER,
+    chosen             TEXT,
+    candidate_count    INTEGER NOT NULL,
+    candidates         TEXT,
+    candidate_set_path TEXT,
+    reset              TEXT,
+    failure            TEXT,
+    decided_at         TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE events (
     run_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -77,6 +114,9 @@ CREATE INDEX runs_by_flow ON runs (flow, started_at);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS routing_decisions;
+DROP TABLE IF EXISTS handoffs;
+DROP TABLE IF EXISTS outputs;
 DROP TABLE IF EXISTS events;
 DROP TABLE IF EXISTS attempts;
 DROP TABLE IF EXISTS steps;
@@ -88,6 +128,9 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("runs", "run_id"),
     ("steps", "run_id, step_id"),
     ("attempts", "run_id, step_id, visit, attempt"),
+    ("outputs", "run_id, step_id, visit, attempt, key"),
+    ("handoffs", "run_id, step_id, visit, attempt"),
+    ("routing_decisions", "run_id, seq"),
     ("events", "run_id, seq"),
 ];
 
@@ -186,9 +229,23 @@ pub fn upsert_steps<'a>(
     steps: impl Iterator<Item = (usize, &'a StepState)>,
 ) -> rusqlite::Result<()> {
     let mut step_stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO steps (run_id, step_id, position, status, attempts, started_at,
+        "INSERT OR REPLACE INTO steps (run_id, step_id, position, status, visit, attempts, started_at,
             finished_at, exit_code, duration_ms, reason, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    let mut output_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO outputs (run_id, step_id, visit, attempt, key, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut handoff_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO handoffs (run_id, step_id, visit, attempt, content_md, metadata_json,
+            created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut route_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO routing_decisions (run_id, seq, step_id, visit, attempt, routing_source,
+            rule, chosen, candidate_count, candidates, candidate_set_path, reset, failure, decided_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     let mut attempt_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, step_id, visit, attempt, status, exit_code,
@@ -197,19 +254,50 @@ pub fn upsert_steps<'a>(
     )?;
     for (pos, step) in steps {
         let last = step.last_attempt();
+        // A skipped visit has no result of its own; its reason is the step's message.
+        let ran = last.filter(|_| step.status != StepStatus::Skipped);
+        let skipped = step.skip_reason.as_deref();
+        let message = skipped.or_else(|| last.and_then(|a| a.message.as_deref()));
+        let reason = if skipped.is_some() { Some("skipped") } else { last.and_then(|a| a.reason.as_deref()) };
+        // A router that could not route failed after a successful attempt.
+        let (reason, message) = match step.route().and_then(|d| d.failure.as_deref()) {
+            Some(f) if step.status == StepStatus::Failed => (Some("routing"), Some(f)),
+            _ => (reason, message),
+        };
         step_stmt.execute(params![
             run_id,
             step.id,
             pos as i64,
             step.status.as_str(),
+            step.visit,
             step.attempts.len() as i64,
             step.attempts.first().and_then(|a| a.started_at.as_deref()),
-            last.and_then(|a| a.finished_at.as_deref()),
-            last.and_then(|a| a.exit_code),
-            last.and_then(|a| a.duration_ms).map(|d| d as i64),
-            last.and_then(|a| a.reason.as_deref()),
-            last.and_then(|a| a.message.as_deref()),
+            ran.and_then(|a| a.finished_at.as_deref()),
+            ran.and_then(|a| a.exit_code),
+            ran.and_then(|a| a.duration_ms).map(|d| d as i64),
+            reason,
+            message,
         ])?;
+        for r in &step.routes {
+            let d = &r.decision;
+            let list = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+            route_stmt.execute(params![
+                run_id,
+                r.seq as i64,
+                step.id,
+                d.visit,
+                d.attempt,
+                d.routing_source.as_str(),
+                d.rule.map(|k| k as i64),
+                d.chosen,
+                d.candidate_count as i64,
+                d.candidates.as_deref().map(list),
+                d.candidate_set_path,
+                (!d.reset.is_empty()).then(|| list(&d.reset)),
+                d.failure,
+                r.ts,
+            ])?;
+        }
         for a in &step.attempts {
             attempt_stmt.execute(params![
                 run_id,
@@ -226,6 +314,21 @@ pub fn upsert_steps<'a>(
                 a.finished_at,
                 a.duration_ms.map(|d| d as i64),
             ])?;
+            for (key, value) in &a.outputs {
+                output_stmt.execute(params![run_id, step.id, a.visit, a.attempt, key, value])?;
+            }
+            if let Some(h) = &a.handoff {
+                let meta = h.metadata.as_ref().map(|m| m.to_string());
+                handoff_stmt.execute(params![
+                    run_id,
+                    step.id,
+                    a.visit,
+                    a.attempt,
+                    h.content_md,
+                    meta,
+                    a.finished_at
+                ])?;
+            }
         }
     }
     Ok(())
@@ -252,7 +355,7 @@ impl Batch {
         let mut positions: Vec<usize> = if all {
             (0..state.steps.len()).collect()
         } else {
-            records.iter().filter_map(|r| r.event.step().and_then(|s| state.step_pos(s))).collect()
+            records.iter().flat_map(|r| r.event.touched()).filter_map(|s| state.step_pos(s)).collect()
         };
         positions.sort_unstable();
         positions.dedup();
@@ -279,7 +382,7 @@ impl Batch {
 }
 
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
-    for table in ["events", "attempts", "steps", "runs"] {
+    for table in ["events", "routing_decisions", "handoffs", "outputs", "attempts", "steps", "runs"] {
         conn.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
     }
     Ok(())

@@ -15,10 +15,17 @@ use super::{Session, SessionError};
 use crate::executor::{self, Exit, Gated, SpawnSpec};
 use crate::flow::param_env_name;
 use crate::journal::{
-    Event, FailReason, InterruptReason, StepFailed, StepInterrupted, StepStarted, StepSucceeded,
+    Event, FailReason, InterruptReason, StepFailed, StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
 };
+use crate::outputs;
 use crate::report::human;
-use crate::store::STEPS_DIR;
+use crate::scheduler::{Action, decide, released};
+use crate::store::attempt_dir;
+
+/// Files in an attempt's directory that the step writes for its successors.
+pub const OUTPUT_FILE: &str = "outputs.env";
+pub const HANDOFF_FILE: &str = "handoff.md";
+pub const HANDOFF_META_FILE: &str = "handoff.json";
 
 /// How often a group that survived SIGKILL is looked at again (zombies wait for reaping).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -28,6 +35,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// An attempt whose process exists.
 pub(super) struct Running {
     pub step: usize,
+    pub visit: u32,
     pub attempt: u32,
     /// Set when the gate opens.
     pub started: Option<Instant>,
@@ -45,9 +53,10 @@ pub(super) struct Running {
 }
 
 impl Running {
-    fn new(step: usize, attempt: u32) -> Running {
+    fn new(step: usize, visit: u32, attempt: u32) -> Running {
         Running {
             step,
+            visit,
             attempt,
             started: None,
             deadline: None,
@@ -62,42 +71,89 @@ impl Running {
 }
 
 impl Session {
+    /// Decides what it can (routes, skips) and starts what is ready, up to `--jobs`.
     pub(super) fn start_ready(&mut self) -> Result<(), SessionError> {
-        let now = Instant::now();
-        let mut starts = Vec::new();
-        for idx in self.sched.ready() {
-            if self.running.len() + starts.len() >= self.jobs {
-                break;
+        loop {
+            self.route_pending()?;
+            let now = Instant::now();
+            let failing = self.sched.failing();
+            let mut starts = Vec::new();
+            let mut skips = Vec::new();
+            let released = std::mem::take(&mut self.released);
+            let settle = std::mem::take(&mut self.settle);
+            for idx in self.sched.candidates().chain(released) {
+                let full = self.running.len() + starts.len() >= self.jobs;
+                match decide(&self.flow, &self.state, idx, failing, settle) {
+                    Action::Skip(reason) => skips.push((idx, reason)),
+                    Action::Start if !full && self.retry_at.get(&idx).is_none_or(|at| *at <= now) => {
+                        starts.push(idx)
+                    }
+                    Action::Start | Action::Wait => {}
+                }
+                if full && !skips.is_empty() {
+                    break;
+                }
             }
-            if self.retry_at.get(&idx).is_none_or(|at| *at <= now) {
-                starts.push(idx);
+            for (idx, reason) in &skips {
+                let st = &self.state.steps[*idx];
+                if st.status == crate::state::StepStatus::Pending && st.new_visit {
+                    let event =
+                        StepSkipped { step: st.id.clone(), visit: st.next_visit(), reason: reason.clone() };
+                    self.record(Event::StepSkipped(event))?;
+                }
+            }
+            for idx in starts {
+                // An attempt that failed for good just now stops the others from starting.
+                if decide(&self.flow, &self.state, idx, self.sched.failing(), false) == Action::Start {
+                    self.retry_at.remove(&idx);
+                    self.start_attempt(idx)?;
+                }
+            }
+            // A skip lets the steps after it be decided too.
+            if skips.is_empty() {
+                return Ok(());
             }
         }
-        for idx in starts {
-            // An attempt that failed for good just now stops the others from starting.
-            if self.sched.is_ready(idx) {
-                self.retry_at.remove(&idx);
-                self.start_attempt(idx)?;
-            }
+    }
+
+    /// Whether anything can still start or be decided (a retry waiting for its time counts).
+    /// When nothing can, settles what waited for a router that will not decide again, and
+    /// when a failure holds everything back, releases the clean-up steps.
+    pub(super) fn has_work(&mut self) -> bool {
+        let failing = self.sched.failing();
+        let acts =
+            |i: usize, settle: bool| decide(&self.flow, &self.state, i, failing, settle) != Action::Wait;
+        if self.sched.candidates().any(|i| acts(i, false)) || !self.unrouted.is_empty() {
+            return true;
         }
-        Ok(())
+        if self.sched.candidates().any(|i| acts(i, true)) {
+            self.settle = true;
+            return true;
+        }
+        if failing {
+            let released = released(&self.flow, &self.state);
+            let any = released.iter().any(|&i| acts(i, false));
+            self.released = released;
+            return any;
+        }
+        false
     }
 
     fn start_attempt(&mut self, idx: usize) -> Result<(), SessionError> {
         let step_id = self.flow.steps[idx].id.clone();
-        let attempt = self.state.steps[idx].attempts.len() as u32 + 1;
-        match self.spawn(idx, attempt) {
+        let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
+        match self.spawn(idx, visit, attempt) {
             Ok(gated) => {
                 let pid = gated.pid;
                 self.reaper.watch(pid);
                 self.record(Event::StepStarted(StepStarted {
                     step: step_id,
-                    visit: 1,
+                    visit,
                     attempt,
                     pid,
                     proc_start: gated.proc_start,
                 }))?;
-                self.running.insert(pid, Running::new(idx, attempt));
+                self.running.insert(pid, Running::new(idx, visit, attempt));
                 self.gates.push((pid, gated));
             }
             Err(message) => {
@@ -105,7 +161,7 @@ impl Session {
                 let retry_in_ms = self.retry_after(idx, 1);
                 self.record(Event::StepFailed(StepFailed {
                     step: step_id,
-                    visit: 1,
+                    visit,
                     attempt,
                     reason: FailReason::Spawn,
                     exit_code: None,
@@ -119,7 +175,7 @@ impl Session {
         Ok(())
     }
 
-    fn spawn(&self, idx: usize, attempt: u32) -> Result<Gated, String> {
+    fn spawn(&self, idx: usize, visit: u32, attempt: u32) -> Result<Gated, String> {
         let step = &self.flow.steps[idx];
         let workdir = Path::new(&self.state.workdir);
         if !workdir.is_dir() {
@@ -128,7 +184,7 @@ impl Session {
                 workdir.display()
             ));
         }
-        let dir = self.dir.join(STEPS_DIR).join(&step.id).join(attempt.to_string());
+        let dir = attempt_dir(&self.dir, &step.id, visit, attempt);
         let logs = || -> std::io::Result<(std::fs::File, std::fs::File)> {
             std::fs::create_dir_all(&dir)?;
             Ok((
@@ -144,8 +200,31 @@ impl Session {
         env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
         env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
         env.push(("RUNNER_STEP_ID".into(), step.id.clone()));
+        env.push(("RUNNER_VISIT".into(), visit.to_string()));
         env.push(("RUNNER_ATTEMPT".into(), attempt.to_string()));
         env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        env.push(("RUNNER_OUTPUT".into(), path(OUTPUT_FILE)));
+        env.push(("RUNNER_HANDOFF".into(), path(HANDOFF_FILE)));
+        env.push(("RUNNER_HANDOFF_META".into(), path(HANDOFF_META_FILE)));
+        // Outputs of every step that left some; handoffs of the steps this one needs.
+        for &i in &self.with_outputs {
+            let id = &self.state.steps[i].id;
+            for (key, value) in self.state.steps[i].outputs().into_iter().flatten() {
+                env.push((output_env_name(id, key), value.clone()));
+            }
+        }
+        let handoffs: Vec<String> = step
+            .needs
+            .iter()
+            .filter_map(|&n| {
+                let a = self.state.steps[n].success()?;
+                a.handoff.as_ref()?;
+                Some(attempt_dir(&self.dir, &self.state.steps[n].id, a.visit, a.attempt).join(HANDOFF_FILE))
+            })
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        env.push(("RUNNER_HANDOFF_IN".into(), handoffs.join("\n")));
         executor::spawn_gated(SpawnSpec { command: &step.run, env: &env, workdir, stdout, stderr })
             .map_err(|e| format!("cannot start the command: {e}"))
     }
@@ -208,10 +287,33 @@ impl Session {
         let step_id = step.id.clone();
         let timeout = step.timeout;
         let duration_ms = r.started.map_or(0, |s| ended.saturating_duration_since(s).as_millis() as u64);
-        let (visit, attempt) = (1, r.attempt);
-        let event = match exit {
-            Exit::Code(0) if !r.timed_out => {
-                Event::StepSucceeded(StepSucceeded { step: step_id, visit, attempt, duration_ms })
+        let (visit, attempt) = (r.visit, r.attempt);
+        let left = match exit {
+            Exit::Code(0) if !r.timed_out => Some(self.read_left(&step_id, visit, attempt)),
+            _ => None,
+        };
+        let event = match (exit, left) {
+            (_, Some(Ok((outputs, handoff)))) => Event::StepSucceeded(StepSucceeded {
+                step: step_id,
+                visit,
+                attempt,
+                duration_ms,
+                outputs,
+                handoff,
+            }),
+            (_, Some(Err(message))) => {
+                let retry_in_ms = self.retry_after(r.step, 0);
+                Event::StepFailed(StepFailed {
+                    step: step_id,
+                    visit,
+                    attempt,
+                    reason: FailReason::Outputs,
+                    exit_code: Some(0),
+                    signal: None,
+                    message,
+                    duration_ms,
+                    retry_in_ms,
+                })
             }
             _ if r.interrupted => Event::StepInterrupted(StepInterrupted {
                 step: step_id,
@@ -252,6 +354,21 @@ impl Session {
             }
         };
         self.record(event)
+    }
+
+    /// What a successful attempt left for its successors: outputs and a handoff.
+    fn read_left(
+        &self,
+        step: &str,
+        visit: u32,
+        attempt: u32,
+    ) -> Result<(std::collections::BTreeMap<String, String>, Option<crate::journal::Handoff>), String> {
+        let dir = attempt_dir(&self.dir, step, visit, attempt);
+        let outputs = outputs::read_outputs(&dir.join(OUTPUT_FILE)).map_err(|e| e.to_string())?;
+        let handoff = outputs::read_handoff(&dir.join(HANDOFF_FILE), &dir.join(HANDOFF_META_FILE))
+            .map_err(|e| e.to_string())?
+            .map(|h| crate::journal::Handoff { content_md: h.content_md, metadata: h.metadata });
+        Ok((outputs, handoff))
     }
 
     pub(super) fn on_signal(&mut self, sig: Signal) {
@@ -312,7 +429,9 @@ impl Session {
         });
         // A due retry only matters when a slot is free to start it.
         let retries = (self.stop.is_none() && self.running.len() < self.jobs)
-            .then(|| self.retry_at.iter().filter(|(i, _)| self.sched.is_ready(**i)).map(|(_, t)| Some(*t)))
+            .then(|| {
+                self.retry_at.iter().filter(|(i, _)| self.sched.is_candidate(**i)).map(|(_, t)| Some(*t))
+            })
             .into_iter()
             .flatten();
         timers.chain(retries).flatten().min()
@@ -340,6 +459,14 @@ fn group_has_members(pgid: i32) -> bool {
 /// whose parent outside the group never reaps them must not hold the attempt open.
 fn group_alive(pgid: i32) -> bool {
     executor::procfs::group_alive(pgid)
+}
+
+/// `RUNNER_OUTPUT_<STEP>_<KEY>`, upper-cased, with `-` (and `/`) as `_`.
+pub fn output_env_name(step: &str, key: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    };
+    format!("RUNNER_OUTPUT_{}_{}", clean(step), clean(key))
 }
 
 fn code_of(exit: Exit) -> Option<i32> {

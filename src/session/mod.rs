@@ -8,8 +8,9 @@
 
 mod attempts;
 mod open;
+mod routing;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -91,6 +92,14 @@ pub struct Session {
     /// The signal that asked for a graceful stop, once one did.
     stop: Option<Signal>,
     since_snapshot: u64,
+    /// Routers that succeeded and still have to decide where to go.
+    unrouted: BTreeSet<usize>,
+    /// Clean-up steps released because the run is failing and nothing else can move.
+    released: Vec<usize>,
+    /// Nothing else can move: skip what waited for a router that will not decide again.
+    settle: bool,
+    /// Steps whose latest success left outputs: they reach later steps' environments.
+    with_outputs: BTreeSet<usize>,
 }
 
 impl Session {
@@ -123,7 +132,21 @@ impl Session {
                 None
             }
         };
+        let unrouted = (0..flow.steps.len())
+            .filter(|&i| {
+                !flow.steps[i].next.is_empty()
+                    && state.steps[i].status == crate::state::StepStatus::Succeeded
+                    && state.steps[i].route().is_none()
+            })
+            .collect();
+        let with_outputs = (0..state.steps.len())
+            .filter(|&i| state.steps[i].outputs().is_some_and(|o| !o.is_empty()))
+            .collect();
         Ok(Session {
+            unrouted,
+            released: Vec::new(),
+            settle: false,
+            with_outputs,
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,
@@ -160,6 +183,7 @@ impl Session {
         while let Ok(m) = self.rx.try_recv() {
             self.handle(m)?;
         }
+        let mut idle_at = 0;
         loop {
             if self.stop.is_none() {
                 self.start_ready()?;
@@ -174,9 +198,18 @@ impl Session {
                     self.end_session();
                     return Ok(SessionEnd::Interrupted(signal));
                 }
-                // Steps waiting for a retry are still ready; the loop waits for their time.
-                if self.sched.is_idle() {
+                // Steps waiting for a retry still have work; the loop waits for their time.
+                if !self.has_work() {
                     return self.finish();
+                }
+                // Work that needs no waiting (released clean-up steps, settled skips): go on
+                // at once. Two rounds without any progress would be a bug; end rather than hang.
+                if self.next_wake().is_none() {
+                    if self.journal.next_seq() == idle_at {
+                        return self.finish();
+                    }
+                    idle_at = self.journal.next_seq();
+                    continue;
                 }
             }
             let msg = match self.next_wake() {
@@ -241,9 +274,26 @@ impl Session {
     fn record(&mut self, event: Event) -> Result<(), SessionError> {
         let record = self.journal.stage(event);
         self.state.apply(record).map_err(|e| SessionError::Internal(format!("event does not fold: {e}")))?;
-        match record.event.step().and_then(|id| self.state.step_pos(id)) {
-            Some(i) => self.sched.sync(&self.state, i),
-            None => self.sched.sync_all(&self.state),
+        if record.event.step().is_none() {
+            self.sched.sync_all(&self.state);
+            return Ok(());
+        }
+        for id in record.event.touched() {
+            if let Some(i) = self.state.step_pos(id) {
+                self.sched.sync(&self.state, i);
+            }
+        }
+        if let Event::StepSucceeded(e) = &record.event
+            && let Some(i) = self.state.step_pos(&e.step)
+        {
+            if e.outputs.is_empty() {
+                self.with_outputs.remove(&i);
+            } else {
+                self.with_outputs.insert(i);
+            }
+            if !self.flow.steps[i].next.is_empty() {
+                self.unrouted.insert(i);
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Event, FailReason, InterruptReason, Record, RunOutcome};
+use crate::journal::{Event, FailReason, Handoff, InterruptReason, Record, RoutingDecided, RunOutcome};
 pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,8 @@ pub enum StepStatus {
     Failed,
     /// The last attempt was stopped with the runner; the next session runs it again.
     Interrupted,
+    /// This visit was decided without running (condition false, not routed, need skipped).
+    Skipped,
 }
 
 impl StepStatus {
@@ -57,7 +59,13 @@ impl StepStatus {
             StepStatus::Succeeded => "succeeded",
             StepStatus::Failed => "failed",
             StepStatus::Interrupted => "interrupted",
+            StepStatus::Skipped => "skipped",
         }
+    }
+
+    /// Finished in a way that lets the steps that need it go on.
+    pub fn is_done(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
     }
 }
 
@@ -98,6 +106,11 @@ pub struct Attempt {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub duration_ms: Option<u64>,
+    /// Outputs of a successful attempt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Box<Handoff>>,
 }
 
 impl Attempt {
@@ -117,8 +130,18 @@ impl Attempt {
             reason: None,
             message: None,
             duration_ms: None,
+            outputs: BTreeMap::new(),
+            handoff: None,
         }
     }
+}
+
+/// A routing decision as the fold keeps it: the event and where it is in the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub seq: u64,
+    pub ts: String,
+    pub decision: RoutingDecided,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,11 +153,51 @@ pub struct StepState {
     pub session_attempts: u32,
     /// Set while `Retrying`: the delay the failed attempt asked for.
     pub retry_in_ms: Option<u64>,
+    /// The current (or last) visit; 0 before the first.
+    pub visit: u32,
+    /// The next start or skip begins a new visit (never visited, or made pending again
+    /// by a backward route).
+    pub new_visit: bool,
+    /// Why the current visit was skipped.
+    pub skip_reason: Option<String>,
+    /// Every routing decision of this step, in journal order.
+    pub routes: Vec<Route>,
 }
 
 impl StepState {
     pub fn last_attempt(&self) -> Option<&Attempt> {
         self.attempts.last()
+    }
+
+    /// The attempt that succeeded in the current visit, if it did.
+    pub fn success(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.visit == self.visit && a.status == AttemptStatus::Succeeded)
+    }
+
+    /// Outputs of the latest successful attempt (of any visit).
+    pub fn outputs(&self) -> Option<&BTreeMap<String, String>> {
+        self.attempts.iter().rev().find(|a| a.status == AttemptStatus::Succeeded).map(|a| &a.outputs)
+    }
+
+    /// The routing decision about the latest attempt, once made.
+    pub fn route(&self) -> Option<&RoutingDecided> {
+        let last = self.attempts.last()?;
+        self.routes.last().map(|r| &r.decision).filter(|d| d.visit == last.visit && d.attempt == last.attempt)
+    }
+
+    /// Attempts made so far in the current visit.
+    fn visit_attempts(&self) -> u32 {
+        self.attempts.iter().rev().take_while(|a| a.visit == self.visit).count() as u32
+    }
+
+    /// The visit an activation (start or skip) belongs to.
+    pub fn next_visit(&self) -> u32 {
+        if self.new_visit { self.visit + 1 } else { self.visit }
+    }
+
+    /// Number of the next attempt: attempts count within a visit.
+    pub fn next_attempt(&self) -> u32 {
+        if self.new_visit { 1 } else { self.visit_attempts() + 1 }
     }
 }
 
@@ -175,7 +238,7 @@ struct Derived {
     counts: [usize; STATUSES],
 }
 
-const STATUSES: usize = 6;
+const STATUSES: usize = 7;
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
@@ -210,6 +273,10 @@ impl RunState {
                 attempts: Vec::new(),
                 session_attempts: 0,
                 retry_in_ms: None,
+                visit: 0,
+                new_visit: true,
+                skip_reason: None,
+                routes: Vec::new(),
             })
             .collect();
         let mut state = RunState {
@@ -313,6 +380,7 @@ impl RunState {
                         &format!("step `{}` is already {}", e.step, step.status.as_str()),
                     ));
                 }
+                begin_activation(record, step, e.visit)?;
                 expect_next_attempt(record, step, e.attempt)?;
                 // Most steps have one attempt: do not reserve room for four.
                 step.attempts.reserve_exact(1);
@@ -333,14 +401,23 @@ impl RunState {
                 a.finished_at = Some(ts.clone());
                 a.exit_code = Some(0);
                 a.duration_ms = Some(e.duration_ms);
+                a.outputs.clone_from(&e.outputs);
+                a.handoff = e.handoff.clone().map(Box::new);
                 step.status = StepStatus::Succeeded;
             }
             Event::StepFailed(e) => {
                 let step = self.step_mut(record, &e.step)?;
                 // A spawn failure has no StepStarted: the attempt begins and ends here.
                 if e.reason == FailReason::Spawn
-                    && step.attempts.last().is_none_or(|a| a.attempt != e.attempt)
+                    && step.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running)
                 {
+                    if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
+                        return Err(fold_err(
+                            record,
+                            &format!("step `{}` is already {}", e.step, step.status.as_str()),
+                        ));
+                    }
+                    begin_activation(record, step, e.visit)?;
                     expect_next_attempt(record, step, e.attempt)?;
                     step.attempts.reserve_exact(1);
                     step.attempts.push(Attempt::begin(e.visit, e.attempt, ts));
@@ -372,6 +449,48 @@ impl RunState {
                 a.duration_ms = e.duration_ms;
                 step.status = StepStatus::Interrupted;
             }
+            Event::StepSkipped(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                if !matches!(step.status, StepStatus::Pending) || !step.new_visit {
+                    return Err(fold_err(
+                        record,
+                        &format!("step `{}` cannot be skipped: it is {}", e.step, step.status.as_str()),
+                    ));
+                }
+                begin_activation(record, step, e.visit)?;
+                step.status = StepStatus::Skipped;
+                step.skip_reason = Some(e.reason.clone());
+            }
+            Event::RoutingDecided(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                let last = step.last_attempt().map(|a| (a.visit, a.attempt));
+                if step.status != StepStatus::Succeeded
+                    || last != Some((e.visit, e.attempt))
+                    || step.route().is_some()
+                {
+                    return Err(fold_err(
+                        record,
+                        &format!(
+                            "step `{}` visit {} is not a router waiting for its decision",
+                            e.step, e.visit
+                        ),
+                    ));
+                }
+                step.routes.push(Route { seq: record.seq, ts: ts.clone(), decision: e.clone() });
+                if e.failure.is_some() {
+                    step.status = StepStatus::Failed;
+                }
+                for id in &e.reset {
+                    let step = self.step_mut(record, id)?;
+                    if matches!(step.status, StepStatus::Running | StepStatus::Retrying) {
+                        return Err(fold_err(record, &format!("cannot restart step `{id}`: it is running")));
+                    }
+                    step.status = StepStatus::Pending;
+                    step.new_visit = true;
+                    step.retry_in_ms = None;
+                    step.skip_reason = None;
+                }
+            }
             Event::RunInterrupted(e) => {
                 self.status = RunStatus::Interrupted;
                 self.finished_at = Some(ts.clone());
@@ -386,6 +505,7 @@ impl RunState {
             }
         }
         match before {
+            _ if matches!(&record.event, Event::RoutingDecided(e) if !e.reset.is_empty()) => self.recount(),
             Some((i, old)) if old != self.steps[i].status => {
                 self.index.counts[old as usize] -= 1;
                 self.index.counts[self.steps[i].status as usize] += 1;
@@ -421,7 +541,23 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::Signal => "signal",
         FailReason::Timeout => "timeout",
         FailReason::Spawn => "spawn",
+        FailReason::Outputs => "outputs",
     }
+}
+
+/// Checks that a start or skip belongs to the step's visit, and opens a new one if due.
+fn begin_activation(record: &Record, step: &mut StepState, visit: u32) -> Result<(), FoldError> {
+    let expected = step.next_visit();
+    if visit != expected {
+        return Err(fold_err(record, &format!("step `{}` visit {visit}, expected {expected}", step.id)));
+    }
+    if step.new_visit {
+        step.visit = visit;
+        step.new_visit = false;
+        step.session_attempts = 0;
+        step.skip_reason = None;
+    }
+    Ok(())
 }
 
 fn fold_err(record: &Record, reason: &str) -> FoldError {
@@ -429,7 +565,7 @@ fn fold_err(record: &Record, reason: &str) -> FoldError {
 }
 
 fn expect_next_attempt(record: &Record, step: &StepState, attempt: u32) -> Result<(), FoldError> {
-    let next = step.attempts.len() as u32 + 1;
+    let next = step.visit_attempts() + 1;
     if attempt != next {
         return Err(fold_err(record, &format!("step `{}` attempt {attempt}, expected {next}", step.id)));
     }

@@ -16,7 +16,7 @@ use crate::fsutil;
 
 pub const SNAPSHOT_FILE: &str = "state.json";
 /// Bumped when `RunState` changes shape; older snapshots are then ignored and rebuilt.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 
 pub struct Snapshot {
     /// The last journal line folded in, and its checksum.

@@ -16,6 +16,20 @@ use crate::journal::{JOURNAL_FILE, RunStarted};
 pub const FLOW_COPY: &str = "flow.toml";
 pub const LOCK_FILE: &str = "lock";
 pub const STEPS_DIR: &str = "steps";
+/// Candidate sets too large to put in a routing event.
+pub const ROUTING_DIR: &str = "routing";
+
+/// Where an attempt's files live: `steps/<step>/<attempt>` for the first visit and
+/// `steps/<step>#<visit>/<attempt>` for later ones, so nothing is ever overwritten.
+pub fn attempt_dir(run_dir: &Path, step: &str, visit: u32, attempt: u32) -> PathBuf {
+    let name = if visit <= 1 { step.to_string() } else { format!("{step}#{visit}") };
+    run_dir.join(STEPS_DIR).join(name).join(attempt.to_string())
+}
+
+/// How a step's visit is named to users: `review`, then `review#2`, `review#3`.
+pub fn visit_label(step: &str, visit: u32) -> String {
+    if visit <= 1 { step.to_string() } else { format!("{step}#{visit}") }
+}
 /// Where runs are assembled before they appear under their id (never a valid run id).
 const STAGING_DIR: &str = ".staging";
 const MAX_RUN_ID_LEN: usize = 128;

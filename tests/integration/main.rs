@@ -10,4 +10,5 @@ mod golden;
 mod inputs;
 mod journal;
 mod projection;
+mod semantics;
 mod supervision;

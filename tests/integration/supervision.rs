@@ -29,7 +29,9 @@ run = "echo after >> after.out"
 fn start_long(env: &Env) -> std::process::Child {
     let flow = env.flow("long", LONG);
     let child = env.spawn(&["run", &flow, "--run-id", "r"]);
-    wait_for("the long step to start", Duration::from_secs(20), || env.path().join("shell.pid").exists());
+    // Written last, and read only once complete (the shell creates the file, then writes).
+    let written = || std::fs::read_to_string(env.path().join("shell.pid")).is_ok_and(|s| s.ends_with('\n'));
+    wait_for("the long step to start", Duration::from_secs(20), written);
     child
 }
 

@@ -1,5 +1,7 @@
 //! `runner status`: the runs, or one run's steps, from the projection (caught up first).
 
+mod step;
+
 use rusqlite::{OptionalExtension, Row};
 use serde_json::json;
 
@@ -8,7 +10,7 @@ use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
 use crate::projection::{Projection, ProjectionError};
 use crate::report::{elapsed, human, human_ms, local_time, note, table};
-use crate::store::{RunsDir, is_locked, live_lock_holders};
+use crate::store::{RunsDir, is_locked, live_lock_holders, visit_label};
 
 /// One row of the runs table, plus whether a runner holds the run.
 struct RunRow {
@@ -106,7 +108,10 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
     match &args.run_id {
         Some(id) => {
             projection.sync_run(id)?;
-            run_detail(g, &runs, &projection, id)
+            match &args.step {
+                Some(step) => step_detail(g, &projection, id, step),
+                None => run_detail(g, &runs, &projection, id),
+            }
         }
         None => {
             for (id, why) in projection.catch_up()?.unreadable {
@@ -115,6 +120,14 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             run_list(g, &runs, &projection)
         }
     }
+}
+
+fn step_detail(g: &Global, p: &Projection, id: &str, step: &str) -> Result<ExitCode, Error> {
+    let d = step::detail(p.connection(), id, step).map_err(sql(p))?;
+    if d.is_null() {
+        return Err(Error::Usage(format!("run `{id}` has no step `{step}`")));
+    }
+    if g.json { print(&d.to_string()) } else { print(&step::render(&d)?) }
 }
 
 fn is_damaged(e: &rusqlite::Error) -> bool {
@@ -174,7 +187,8 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
     run.live = is_locked(&runs.run_dir(id), &live_lock_holders());
     let mut stmt = conn
         .prepare(
-            "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at, reason
+            "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at, reason,
+                    visit
              FROM steps WHERE run_id = ?1 ORDER BY position",
         )
         .map_err(sql(p))?;
@@ -188,6 +202,7 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         Option<String>,
         Option<String>,
         Option<String>,
+        i64,
     );
     let steps: Vec<StepRow> = stmt
         .query_map([id], |r| {
@@ -201,6 +216,7 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
                 r.get(6)?,
                 r.get(7)?,
                 r.get(8)?,
+                r.get(9)?,
             ))
         })
         .map_err(sql(p))?
@@ -214,6 +230,7 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
                 json!({
                     "step_id": s.0, "status": s.1, "attempts": s.2, "duration_ms": s.3,
                     "exit_code": s.4, "message": s.5, "started_at": s.6, "finished_at": s.7, "reason": s.8,
+                    "visit": s.9,
                 })
             })
             .collect();
@@ -236,7 +253,7 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         .map(|s| {
             let detail = if s.1 == "succeeded" { String::new() } else { s.5.clone().unwrap_or_default() };
             vec![
-                s.0.clone(),
+                visit_label(&s.0, s.9 as u32),
                 s.1.clone(),
                 s.2.to_string(),
                 s.3.map(|d| human_ms(d as u64)).unwrap_or_default(),
