@@ -45,7 +45,8 @@ impl Error {
                 OpenError::Journal(e) => journal_code(e),
                 OpenError::FlowEdited { .. }
                 | OpenError::StepsChanged { .. }
-                | OpenError::FlowInvalid { .. } => ExitCode::Usage,
+                | OpenError::FlowInvalid { .. }
+                | OpenError::Frames { .. } => ExitCode::Usage,
                 OpenError::Session(e) => session_code(e),
             },
             Error::Session(e) => session_code(e),

@@ -68,6 +68,17 @@ impl Reporter {
                     human_ms(e.duration_ms)
                 ));
             }
+            Event::CallPushed(e) if !quiet => {
+                let why = match e.reason {
+                    crate::journal::CallReason::Call => "calls",
+                    crate::journal::CallReason::OnFailure => "failed; on_failure calls",
+                };
+                self.line(&format!("{}: {why} {} (frame {})", visit_label(&e.step, e.visit), e.flow, e.frame));
+            }
+            Event::CallReturned(e) if !quiet => {
+                let status = state.step(&e.step).map_or("", |s| s.status.as_str());
+                self.line(&format!("{}: returned from frame {} ({status})", e.step, e.frame));
+            }
             Event::StepSkipped(e) if !quiet => {
                 self.line(&format!("{}: skipped ({})", visit_label(&e.step, e.visit), e.reason));
             }

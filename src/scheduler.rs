@@ -76,6 +76,28 @@ impl Scheduler {
     }
 
     /// Takes note of every step (after run-level events such as a resume).
+    /// Takes in steps appended to the flow (a called flow's), then syncs them.
+    pub fn grow(&mut self, flow: &Flow, state: &RunState) {
+        let old = self.status.len();
+        for i in old..flow.steps.len() {
+            self.dependents.push(Vec::new());
+            self.unmet.push(flow.steps[i].needs.len());
+            self.status.push(StepStatus::Pending);
+        }
+        for i in old..flow.steps.len() {
+            for &need in &flow.steps[i].needs {
+                self.dependents[need].push(i);
+                if self.status[need].is_done() {
+                    self.unmet[i] -= 1;
+                }
+            }
+            self.refresh(i);
+        }
+        for i in old..flow.steps.len().min(state.steps.len()) {
+            self.sync(state, i);
+        }
+    }
+
     pub fn sync_all(&mut self, state: &RunState) {
         for i in 0..self.status.len() {
             self.sync(state, i);
@@ -155,7 +177,7 @@ pub fn decide(flow: &Flow, state: &RunState, i: usize, failing: bool, settle: bo
                 }
                 Some(_) => {}
             },
-            StepStatus::Succeeded => {}
+            StepStatus::Succeeded | StepStatus::Continued => {}
             StepStatus::Skipped => {
                 skipped.get_or_insert_with(|| format!("`{}` was skipped", need.id));
             }
@@ -172,7 +194,7 @@ pub fn decide(flow: &Flow, state: &RunState, i: usize, failing: bool, settle: bo
     }
     match &step.cond {
         None => Action::Start,
-        Some(c) if c.is_true(&Conditions { state, failing: failing || broken }) => Action::Start,
+        Some(c) if c.is_true(&Conditions::of(flow, state, i, failing || broken)) => Action::Start,
         Some(c) => Action::Skip(format!("condition is false: {}", c.source())),
     }
 }
@@ -198,23 +220,42 @@ pub fn released(flow: &Flow, state: &RunState) -> Vec<usize> {
         .collect()
 }
 
-/// What a condition sees: parameters, outputs and statuses from the folded state.
+/// What a condition sees: parameters, outputs and statuses from the folded state, with
+/// names as the step's own flow knows them (inside a called flow: its ids, its params).
 struct Conditions<'a> {
     state: &'a RunState,
     failing: bool,
+    scope: &'a str,
+    params: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> Conditions<'a> {
+    fn of(flow: &'a Flow, state: &'a RunState, i: usize, failing: bool) -> Conditions<'a> {
+        let step = &flow.steps[i];
+        let frame = step.frame.and_then(|f| state.frames.get(f as usize - 1));
+        Conditions { state, failing, scope: &step.scope, params: frame.map_or(&state.params, |f| &f.params) }
+    }
+
+    fn step(&self, id: &str) -> Option<&crate::state::StepState> {
+        if self.scope.is_empty() {
+            self.state.step(id)
+        } else {
+            self.state.step(&format!("{}{id}", self.scope))
+        }
+    }
 }
 
 impl expr::Context for Conditions<'_> {
     fn param(&self, name: &str) -> Option<String> {
-        self.state.params.get(name).cloned()
+        self.params.get(name).cloned()
     }
 
     fn output(&self, step: &str, key: &str) -> Option<String> {
-        self.state.step(step)?.outputs()?.get(key).cloned()
+        self.step(step)?.outputs()?.get(key).cloned()
     }
 
     fn status(&self, step: &str) -> Option<String> {
-        self.state.step(step).map(|s| s.status.as_str().to_string())
+        self.step(step).map(|s| s.status.as_str().to_string())
     }
 
     fn success(&self) -> bool {
@@ -226,9 +267,9 @@ impl expr::Context for Conditions<'_> {
     }
 }
 
-/// Evaluates a routing rule's condition against the state.
-pub fn holds(cond: &expr::Expr, state: &RunState) -> bool {
-    cond.is_true(&Conditions { state, failing: false })
+/// Evaluates router `i`'s rule condition against the state.
+pub fn holds(flow: &Flow, cond: &expr::Expr, state: &RunState, i: usize) -> bool {
+    cond.is_true(&Conditions::of(flow, state, i, false))
 }
 
 /// The run's result once nothing runs and nothing can start.

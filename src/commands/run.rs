@@ -16,6 +16,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     let bytes =
         std::fs::read(&args.flow).map_err(|e| FlowError::whole_file(&args.flow, FlowErrorKind::Read(e)))?;
     let flow = Flow::from_bytes(&args.flow, &bytes)?;
+    crate::flow::check_calls(&flow, &std::env::current_dir().map_err(io_at("."))?)?;
     let given = parse_param_args(&args.params)?;
     let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity(), accept_flow_change: false };
     let runs = g.runs();

@@ -12,7 +12,8 @@ pub fn validate(g: &Global, args: ValidateArgs) -> Result<ExitCode, Error> {
     let mut failed = false;
     let mut report = Vec::new();
     for path in &args.flows {
-        match Flow::load(path) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        match Flow::load(path).and_then(|f| crate::flow::check_calls(&f, &cwd).map(|()| f)) {
             Ok(flow) => {
                 if !g.json && !g.quiet {
                     let _ = print(&format!("{}: ok ({} steps)", path.display(), flow.steps.len()));

@@ -31,8 +31,16 @@ pub enum FlowErrorKind {
     Cycle(Vec<String>),
     #[error("step `{0}` has an empty `run` command")]
     EmptyRun(String),
-    #[error("step `{0}`: missing field `run` (the command to run)")]
+    #[error("step `{0}`: missing field `run` (the command to run) or `call` (a flow to run)")]
     MissingRun(String),
+    #[error("step `{0}` has both `run` and `call`; a step runs a command or calls a flow, not both")]
+    RunAndCall(String),
+    #[error("`then` = {0:?}: expected \"retry\", \"fail\" or \"continue\"")]
+    Then(String),
+    #[error("`with` is only for a step that has `call`")]
+    WithoutCall,
+    #[error("step `{step}` calls {target:?}: {message}")]
+    Call { step: String, target: String, message: String },
     #[error("invalid condition in `{field}`: {message}")]
     Condition { field: String, message: String },
     #[error("`{field}` refers to unknown step `{name}`{hint}")]

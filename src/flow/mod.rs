@@ -1,5 +1,6 @@
 //! Flows: the TOML model, strict parsing, validation and parameters.
 
+mod calls;
 mod error;
 mod params;
 mod raw;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::expr::{self, Expr, Ref};
+pub use calls::{MAX_CALL_DEPTH, call_params, check_calls, instantiate, resolve_call};
 use error::Source;
 pub use error::{FlowError, FlowErrorKind, Pos};
 pub use params::{ParamError, param_env_name, parse_param_args};
@@ -73,6 +75,37 @@ pub struct Step {
     pub dependents: Vec<usize>,
     /// Steps that share a loop with this one (a backward route's cycle holds both).
     pub loop_mates: BTreeSet<usize>,
+    /// `call`: the step runs another flow's steps instead of a command.
+    pub call: Option<Call>,
+    pub on_failure: Option<OnFailure>,
+    /// For a step of a called flow: the prefix of its id (`caller/`) and its frame.
+    pub scope: String,
+    pub frame: Option<u32>,
+}
+
+/// A call of another flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// As written: a path relative to the calling flow's file, or a flow name beside it.
+    pub target: String,
+    pub with: BTreeMap<String, String>,
+    /// Line of the `call` in the calling flow, for messages.
+    pub line: usize,
+}
+
+/// What happens to a failed step once its `on_failure` flow has run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    Retry,
+    Fail,
+    Continue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnFailure {
+    pub call: Call,
+    pub then: Then,
 }
 
 /// One routing rule of a router step.
@@ -287,17 +320,50 @@ fn hint<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
 fn build_step(
     scope: &Scope,
     i: usize,
-    raw: RawStep,
+    mut raw: RawStep,
 ) -> Result<(Step, NeedSpans, Vec<Spanned<RawRule>>), FlowError> {
     let (src, index) = (scope.src, scope.index);
     let id_at = raw.id.span().start;
     let id = raw.id.into_inner();
-    let Some(run) = raw.run else {
-        return Err(src.error_at(id_at, FlowErrorKind::MissingRun(id)));
+    let scalars = |with: BTreeMap<Spanned<String>, raw::Scalar>| -> BTreeMap<String, String> {
+        with.into_iter().map(|(k, v)| (k.into_inner(), v.0)).collect()
     };
-    if run.get_ref().trim().is_empty() {
+    if raw.call.is_none()
+        && let Some((k, _)) = raw.with.iter().next()
+    {
+        return Err(src.error_at(k.span().start, FlowErrorKind::WithoutCall));
+    }
+    let call = raw.call.map(|c| Call {
+        line: src.pos(c.span().start).line,
+        target: c.into_inner(),
+        with: scalars(std::mem::take(&mut raw.with)),
+    });
+    let run = match (raw.run, &call) {
+        (Some(run), None) => run,
+        (None, Some(_)) => Spanned::new(0..0, String::new()),
+        (Some(run), Some(_)) => return Err(src.error_at(run.span().start, FlowErrorKind::RunAndCall(id))),
+        (None, None) => return Err(src.error_at(id_at, FlowErrorKind::MissingRun(id))),
+    };
+    if call.is_none() && run.get_ref().trim().is_empty() {
         return Err(src.error_at(run.span().start, FlowErrorKind::EmptyRun(id)));
     }
+    let on_failure = match raw.on_failure {
+        None => None,
+        Some(f) => {
+            let then = match f.then.get_ref().as_str() {
+                "retry" => Then::Retry,
+                "fail" => Then::Fail,
+                "continue" => Then::Continue,
+                other => return Err(src.error_at(f.then.span().start, FlowErrorKind::Then(other.into()))),
+            };
+            let call = Call {
+                line: src.pos(f.call.span().start).line,
+                target: f.call.into_inner(),
+                with: scalars(f.with),
+            };
+            Some(OnFailure { call, then })
+        }
+    };
     let mut needs = Vec::new();
     let mut spans = Vec::new();
     match raw.needs {
@@ -368,6 +434,10 @@ fn build_step(
         max_visits,
         dependents: Vec::new(),
         loop_mates: BTreeSet::new(),
+        call,
+        on_failure,
+        scope: String::new(),
+        frame: None,
     };
     Ok((step, spans, raw.next.unwrap_or_default()))
 }

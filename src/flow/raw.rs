@@ -45,6 +45,20 @@ pub struct RawStep {
     pub cond: Option<Spanned<String>>,
     pub next: Option<Vec<Spanned<RawRule>>>,
     pub max_visits: Option<Spanned<i64>>,
+    pub call: Option<Spanned<String>>,
+    #[serde(default)]
+    pub with: BTreeMap<Spanned<String>, Scalar>,
+    pub on_failure: Option<RawOnFailure>,
+}
+
+/// `on_failure = { call = "flows/cleanup.toml", with = { … }, then = "retry" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnFailure {
+    pub call: Spanned<String>,
+    #[serde(default)]
+    pub with: BTreeMap<Spanned<String>, Scalar>,
+    pub then: Spanned<String>,
 }
 
 /// One routing rule: `{ if = "…", goto = "step" }`; without `if` it is the default.

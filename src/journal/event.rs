@@ -63,6 +63,11 @@ events! {
     StepSkipped(StepSkipped),
     /// A router chose where to go after a successful visit: decided once, never again.
     RoutingDecided(RoutingDecided),
+    /// A step called a flow (or a failed step's `on_failure` did): a frame is pushed and
+    /// the callee's steps join the run.
+    CallPushed(CallPushed),
+    /// Every step of a frame is done: the frame pops and its caller carries on.
+    CallReturned(CallReturned),
     RunInterrupted(RunInterrupted),
     RunFinished(RunFinished),
 }
@@ -77,6 +82,8 @@ impl Event {
             Event::StepInterrupted(e) => Some(&e.step),
             Event::StepSkipped(e) => Some(&e.step),
             Event::RoutingDecided(e) => Some(&e.step),
+            Event::CallPushed(e) => Some(&e.step),
+            Event::CallReturned(e) => Some(&e.step),
             _ => None,
         }
     }
@@ -86,6 +93,7 @@ impl Event {
     pub fn touched(&self) -> impl Iterator<Item = &str> {
         let reset = match self {
             Event::RoutingDecided(e) => e.reset.as_slice(),
+            Event::CallPushed(e) => e.steps.as_slice(),
             _ => &[],
         };
         self.step().into_iter().chain(reset.iter().map(String::as_str))
@@ -276,6 +284,58 @@ pub struct StepFailed {
     /// Present when another attempt follows after this delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+}
+
+/// Why a frame was pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallReason {
+    /// The step is `call = …`.
+    Call,
+    /// The step failed and its `on_failure` flow runs before it is retried, failed or continued.
+    OnFailure,
+}
+
+impl CallReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallReason::Call => "call",
+            CallReason::OnFailure => "on_failure",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallPushed {
+    /// 1, 2, 3… in the order frames are pushed.
+    pub frame: u32,
+    /// The calling step, and the visit and attempt the call belongs to.
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub reason: CallReason,
+    /// The called flow's file as found (relative to the working directory when inside it).
+    pub flow: String,
+    /// Its copy in the run directory, which resume uses.
+    pub copy: String,
+    pub flow_hash: String,
+    pub params: BTreeMap<String, String>,
+    /// The callee's steps in flow order, with ids under the caller (`caller/step`).
+    pub steps: Vec<String>,
+    /// For `on_failure`: what happens to the step after the frame returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<crate::flow::Then>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallReturned {
+    pub frame: u32,
+    pub step: String,
+    /// The callee's outputs (later steps win), which become the calling step's outputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// Why an attempt stopped without a result of its own.

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 
 use crate::journal::{Event, Record};
-use crate::state::{RunState, StepState, StepStatus};
+use crate::state::{Frame, RunState, StepState, StepStatus};
 
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -94,6 +94,20 @@ CREATE TABLE routing_decisions (
     decided_at         TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE frames (
+    run_id      TEXT NOT NULL,
+    frame       INTEGER NOT NULL,
+    caller_step TEXT NOT NULL,
+    visit       INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    flow        TEXT NOT NULL,
+    copy        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    then_action TEXT,
+    pushed_at   TEXT NOT NULL,
+    returned_at TEXT,
+    PRIMARY KEY (run_id, frame)
+) WITHOUT ROWID;
 CREATE TABLE events (
     run_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -114,6 +128,7 @@ CREATE INDEX runs_by_flow ON runs (flow, started_at);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS frames;
 DROP TABLE IF EXISTS routing_decisions;
 DROP TABLE IF EXISTS handoffs;
 DROP TABLE IF EXISTS outputs;
@@ -131,6 +146,7 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("outputs", "run_id, step_id, visit, attempt, key"),
     ("handoffs", "run_id, step_id, visit, attempt"),
     ("routing_decisions", "run_id, seq"),
+    ("frames", "run_id, frame"),
     ("events", "run_id, seq"),
 ];
 
@@ -343,6 +359,8 @@ pub struct Batch {
     pub run: RunRow,
     /// (position, state) of every step the records touched.
     pub steps: Vec<(usize, StepState)>,
+    /// The frames a call event pushed or popped.
+    pub frames: Vec<Frame>,
     pub journal_bytes: u64,
 }
 
@@ -359,10 +377,20 @@ impl Batch {
         };
         positions.sort_unstable();
         positions.dedup();
+        let frames = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::CallPushed(e) => Some(e.frame),
+                Event::CallReturned(e) => Some(e.frame),
+                _ => None,
+            })
+            .filter_map(|f| state.frames.get(f as usize - 1).cloned())
+            .collect();
         Batch {
             records: records.to_vec(),
             run: RunRow::of(state),
             steps: positions.into_iter().map(|i| (i, state.steps[i].clone())).collect(),
+            frames,
             journal_bytes,
         }
     }
@@ -372,6 +400,7 @@ impl Batch {
         self.records.extend(later.records);
         self.run = later.run;
         self.journal_bytes = later.journal_bytes;
+        self.frames.extend(later.frames);
         for (pos, step) in later.steps {
             match self.steps.binary_search_by_key(&pos, |(p, _)| *p) {
                 Ok(i) => self.steps[i].1 = step,
@@ -382,8 +411,39 @@ impl Batch {
 }
 
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
-    for table in ["events", "routing_decisions", "handoffs", "outputs", "attempts", "steps", "runs"] {
+    for table in ["events", "frames", "routing_decisions", "handoffs", "outputs", "attempts", "steps", "runs"]
+    {
         conn.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
+    }
+    Ok(())
+}
+
+/// Writes the rows of call frames (later versions of a frame replace earlier ones).
+pub fn upsert_frames<'a>(
+    conn: &Connection,
+    run_id: &str,
+    frames: impl Iterator<Item = &'a Frame>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO frames (run_id, frame, caller_step, visit, reason, flow, copy, params,
+            then_action, pushed_at, returned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for f in frames {
+        let then = f.then.map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)));
+        stmt.execute(params![
+            run_id,
+            f.id,
+            f.step,
+            f.visit,
+            f.reason.as_str(),
+            f.flow,
+            f.copy,
+            serde_json::to_string(&f.params).unwrap_or_default(),
+            then.flatten(),
+            f.pushed_at,
+            f.returned_at,
+        ])?;
     }
     Ok(())
 }
@@ -397,5 +457,6 @@ pub fn write_run(
 ) -> rusqlite::Result<()> {
     insert_events(conn, &state.run_id, records)?;
     upsert_steps(conn, &state.run_id, state.steps.iter().enumerate())?;
+    upsert_frames(conn, &state.run_id, state.frames.iter())?;
     upsert_run(conn, &RunRow::of(state), journal_bytes)
 }

@@ -140,6 +140,9 @@ impl Session {
     }
 
     fn start_attempt(&mut self, idx: usize) -> Result<(), SessionError> {
+        if self.flow.steps[idx].call.is_some() {
+            return self.start_call(idx, crate::journal::CallReason::Call);
+        }
         let step_id = self.flow.steps[idx].id.clone();
         let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
         match self.spawn(idx, visit, attempt) {
@@ -197,7 +200,10 @@ impl Session {
         let mut env: Vec<(String, String)> = Vec::new();
         env.extend(self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
+        // A called flow's steps see its parameters (from `with`), not the caller's.
+        let frame = step.frame.and_then(|f| self.state.frames.get(f as usize - 1));
+        let params = frame.map_or(&self.state.params, |f| &f.params);
+        env.extend(params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
         env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
         env.push(("RUNNER_STEP_ID".into(), step.id.clone()));
         env.push(("RUNNER_VISIT".into(), visit.to_string()));
@@ -208,10 +214,14 @@ impl Session {
         env.push(("RUNNER_HANDOFF".into(), path(HANDOFF_FILE)));
         env.push(("RUNNER_HANDOFF_META".into(), path(HANDOFF_META_FILE)));
         // Outputs of every step that left some; handoffs of the steps this one needs.
+        // Outputs of every step of the same flow that left some, by the ids that flow uses.
         for &i in &self.with_outputs {
             let id = &self.state.steps[i].id;
+            let Some(local) = id.strip_prefix(step.scope.as_str()).filter(|l| !l.contains('/')) else {
+                continue;
+            };
             for (key, value) in self.state.steps[i].outputs().into_iter().flatten() {
-                env.push((output_env_name(id, key), value.clone()));
+                env.push((output_env_name(local, key), value.clone()));
             }
         }
         let handoffs: Vec<String> = step
@@ -231,7 +241,7 @@ impl Session {
 
     /// The retry delay in ms if step `idx` gets another attempt after the one that just
     /// failed (`pending` attempts not yet folded into the state are counted too).
-    fn retry_after(&mut self, idx: usize, pending: u32) -> Option<u64> {
+    pub(super) fn retry_after(&mut self, idx: usize, pending: u32) -> Option<u64> {
         if self.stop.is_some() {
             return None;
         }

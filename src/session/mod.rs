@@ -7,6 +7,7 @@
 //! the state as they are staged, but nothing acts on them until the commit returns.
 
 mod attempts;
+mod calls;
 mod open;
 mod routing;
 
@@ -28,7 +29,7 @@ use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, Ru
 use crate::projection::{Batch, ProjectionWorker};
 use crate::report::Reporter;
 use crate::scheduler::{self, Scheduler};
-use crate::state::{RunState, write_snapshot};
+use crate::state::{RunState, StepStatus, write_snapshot};
 use crate::store::{RunLock, RunsDir};
 
 /// A snapshot is written after at least this many events (and twice as many as the run
@@ -135,7 +136,7 @@ impl Session {
         let unrouted = (0..flow.steps.len())
             .filter(|&i| {
                 !flow.steps[i].next.is_empty()
-                    && state.steps[i].status == crate::state::StepStatus::Succeeded
+                    && state.steps[i].status == StepStatus::Succeeded
                     && state.steps[i].route().is_none()
             })
             .collect();
@@ -278,11 +279,15 @@ impl Session {
             self.sched.sync_all(&self.state);
             return Ok(());
         }
+        if matches!(record.event, Event::CallPushed(_)) {
+            self.sched.grow(&self.flow, &self.state);
+        }
         for id in record.event.touched() {
             if let Some(i) = self.state.step_pos(id) {
                 self.sched.sync(&self.state, i);
             }
         }
+        let step = record.event.step().and_then(|id| self.state.step_pos(id));
         if let Event::StepSucceeded(e) = &record.event
             && let Some(i) = self.state.step_pos(&e.step)
         {
@@ -294,6 +299,22 @@ impl Session {
             if !self.flow.steps[i].next.is_empty() {
                 self.unrouted.insert(i);
             }
+        }
+        if let Event::CallReturned(e) = &record.event
+            && let Some(i) = self.state.step_pos(&e.step)
+        {
+            if !e.outputs.is_empty() {
+                self.with_outputs.insert(i);
+            }
+            if !self.flow.steps[i].next.is_empty() && self.state.steps[i].status == StepStatus::Succeeded {
+                self.unrouted.insert(i);
+            }
+        }
+        let call_event = matches!(record.event, Event::CallPushed(_) | Event::CallReturned(_));
+        if let Some(i) = step
+            && !call_event
+        {
+            self.after_step_event(i)?;
         }
         Ok(())
     }

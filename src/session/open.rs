@@ -57,6 +57,8 @@ pub enum OpenError {
         #[source]
         source: FlowError,
     },
+    #[error("run `{run_id}`: {why}")]
+    Frames { run_id: String, why: String },
     #[error(transparent)]
     Session(#[from] SessionError),
 }
@@ -206,11 +208,17 @@ fn run_flow(
     }
     let flow = Flow::from_bytes(&path, &bytes)
         .map_err(|source| OpenError::FlowInvalid { run_id: run_id.clone(), source })?;
-    let same_steps = flow.steps.len() == state.steps.len()
-        && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);
+    // The run's own steps come first; called flows' steps follow, from their copies.
+    let framed: std::collections::HashSet<&str> =
+        state.frames.iter().flat_map(|f| f.steps.iter().map(String::as_str)).collect();
+    let main = state.steps.iter().take_while(|s| !framed.contains(s.id.as_str())).count();
+    let same_steps =
+        flow.steps.len() == main && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);
     if !same_steps {
         return Err(OpenError::StepsChanged { run_id, path });
     }
+    let flow = super::calls::plan_with_frames(flow, state, dir)
+        .map_err(|why| OpenError::Frames { run_id: run_id.clone(), why })?;
     let change = changed.then(|| FlowChanged { previous_hash: state.flow_hash.clone(), flow_hash: hash });
     Ok((flow, change))
 }

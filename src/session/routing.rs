@@ -37,7 +37,9 @@ impl Session {
         let (visit, attempt) = (last.visit, last.attempt);
         let chosen = step.next.iter().enumerate().find_map(|(k, rule)| match &rule.cond {
             None => Some((k, rule, RoutingSource::Default)),
-            Some(c) if scheduler::holds(c, &self.state) => Some((k, rule, RoutingSource::Rule)),
+            Some(c) if scheduler::holds(&self.flow, c, &self.state, i) => {
+                Some((k, rule, RoutingSource::Rule))
+            }
             Some(_) => None,
         });
         let mut decision = RoutingDecided {

@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Event, FailReason, Handoff, InterruptReason, Record, RoutingDecided, RunOutcome};
+use crate::flow::Then;
+use crate::journal::{
+    CallPushed, CallReason, Event, FailReason, Handoff, InterruptReason, Record, RoutingDecided, RunOutcome,
+};
 pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,10 @@ pub enum StepStatus {
     Interrupted,
     /// This visit was decided without running (condition false, not routed, need skipped).
     Skipped,
+    /// Its frame is open: a called flow (or its `on_failure` flow) is running.
+    Calling,
+    /// Failed, and its `on_failure` said to continue: the steps after it go on.
+    Continued,
 }
 
 impl StepStatus {
@@ -60,12 +67,14 @@ impl StepStatus {
             StepStatus::Failed => "failed",
             StepStatus::Interrupted => "interrupted",
             StepStatus::Skipped => "skipped",
+            StepStatus::Calling => "calling",
+            StepStatus::Continued => "continued",
         }
     }
 
     /// Finished in a way that lets the steps that need it go on.
     pub fn is_done(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
+        matches!(self, StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Continued)
     }
 }
 
@@ -111,6 +120,9 @@ pub struct Attempt {
     pub outputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Box<Handoff>>,
+    /// The frame this attempt opened, for a step that calls a flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
 }
 
 impl Attempt {
@@ -132,8 +144,27 @@ impl Attempt {
             duration_ms: None,
             outputs: BTreeMap::new(),
             handoff: None,
+            frame: None,
         }
     }
+}
+
+/// A call frame: pushed by `CallPushed`, closed by `CallReturned`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub id: u32,
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub reason: CallReason,
+    pub flow: String,
+    pub copy: String,
+    pub flow_hash: String,
+    pub params: BTreeMap<String, String>,
+    pub steps: Vec<String>,
+    pub then: Option<Then>,
+    pub pushed_at: String,
+    pub returned_at: Option<String>,
 }
 
 /// A routing decision as the fold keeps it: the event and where it is in the journal.
@@ -225,6 +256,8 @@ pub struct RunState {
     /// Time of the last applied event.
     pub last_ts: String,
     pub steps: Vec<StepState>,
+    /// Every call frame, in push order; open ones have no `returned_at`.
+    pub frames: Vec<Frame>,
     /// Derived lookups, rebuilt after deserialising and ignored by equality.
     #[serde(skip)]
     index: Derived,
@@ -238,7 +271,7 @@ struct Derived {
     counts: [usize; STATUSES],
 }
 
-const STATUSES: usize = 7;
+const STATUSES: usize = 9;
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
@@ -296,6 +329,7 @@ impl RunState {
             seq: 1,
             last_ts: record.ts.clone(),
             steps,
+            frames: Vec::new(),
             index: Derived::default(),
         };
         state.reindex();
@@ -491,6 +525,34 @@ impl RunState {
                     step.skip_reason = None;
                 }
             }
+            Event::CallPushed(e) => self.push_frame(record, e)?,
+            Event::CallReturned(e) => {
+                let frame = match self.frames.get_mut((e.frame as usize).wrapping_sub(1)) {
+                    Some(f) if f.returned_at.is_none() && f.step == e.step => f,
+                    _ => return Err(fold_err(record, &format!("frame {} is not open", e.frame))),
+                };
+                frame.returned_at = Some(ts.clone());
+                let (reason, then) = (frame.reason, frame.then);
+                let step = self.step_mut(record, &e.step)?;
+                if step.status != StepStatus::Calling {
+                    return Err(fold_err(record, &format!("step `{}` is not calling", e.step)));
+                }
+                match (reason, then) {
+                    (CallReason::Call, _) => {
+                        let a = running_attempt(record, step, step.attempts.len() as u32)?;
+                        a.status = AttemptStatus::Succeeded;
+                        a.finished_at = Some(ts.clone());
+                        a.outputs.clone_from(&e.outputs);
+                        step.status = StepStatus::Succeeded;
+                    }
+                    (CallReason::OnFailure, Some(Then::Retry)) => {
+                        step.status = StepStatus::Pending;
+                        step.session_attempts = 0;
+                    }
+                    (CallReason::OnFailure, Some(Then::Continue)) => step.status = StepStatus::Continued,
+                    (CallReason::OnFailure, _) => step.status = StepStatus::Failed,
+                }
+            }
             Event::RunInterrupted(e) => {
                 self.status = RunStatus::Interrupted;
                 self.finished_at = Some(ts.clone());
@@ -506,6 +568,7 @@ impl RunState {
         }
         match before {
             _ if matches!(&record.event, Event::RoutingDecided(e) if !e.reset.is_empty()) => self.recount(),
+            _ if matches!(&record.event, Event::CallPushed(_)) => self.recount(),
             Some((i, old)) if old != self.steps[i].status => {
                 self.index.counts[old as usize] -= 1;
                 self.index.counts[self.steps[i].status as usize] += 1;
@@ -518,6 +581,89 @@ impl RunState {
         Ok(())
     }
 
+    /// Opens a frame: the caller starts calling, and the callee's steps join the run (or,
+    /// when this frame was pushed before, start a new visit).
+    fn push_frame(&mut self, record: &Record, e: &CallPushed) -> Result<(), FoldError> {
+        if e.frame as usize != self.frames.len() + 1 {
+            return Err(fold_err(record, &format!("frame {}, expected {}", e.frame, self.frames.len() + 1)));
+        }
+        let ts = &record.ts;
+        let step = self.step_mut(record, &e.step)?;
+        match e.reason {
+            CallReason::Call => {
+                if !matches!(
+                    step.status,
+                    StepStatus::Pending | StepStatus::Interrupted | StepStatus::Retrying
+                ) {
+                    return Err(fold_err(
+                        record,
+                        &format!("step `{}` cannot call: it is {}", e.step, step.status.as_str()),
+                    ));
+                }
+                begin_activation(record, step, e.visit)?;
+                expect_next_attempt(record, step, e.attempt)?;
+                step.attempts
+                    .push(Attempt { frame: Some(e.frame), ..Attempt::begin(e.visit, e.attempt, ts) });
+                step.session_attempts += 1;
+                step.retry_in_ms = None;
+            }
+            CallReason::OnFailure if step.status != StepStatus::Failed => {
+                return Err(fold_err(record, &format!("step `{}` has not failed", e.step)));
+            }
+            CallReason::OnFailure => {}
+        }
+        step.status = StepStatus::Calling;
+        for id in &e.steps {
+            match self.step_pos(id) {
+                Some(i) => {
+                    let s = &mut self.steps[i];
+                    if matches!(s.status, StepStatus::Running | StepStatus::Retrying | StepStatus::Calling) {
+                        return Err(fold_err(record, &format!("cannot restart step `{id}`: it is running")));
+                    }
+                    s.status = StepStatus::Pending;
+                    s.new_visit = true;
+                    s.retry_in_ms = None;
+                    s.skip_reason = None;
+                }
+                None => {
+                    self.index.positions.insert(id.clone(), self.steps.len());
+                    self.steps.push(StepState {
+                        id: id.clone(),
+                        status: StepStatus::Pending,
+                        attempts: Vec::new(),
+                        session_attempts: 0,
+                        retry_in_ms: None,
+                        visit: 0,
+                        new_visit: true,
+                        skip_reason: None,
+                        routes: Vec::new(),
+                    });
+                }
+            }
+        }
+        self.frames.push(Frame {
+            id: e.frame,
+            step: e.step.clone(),
+            visit: e.visit,
+            attempt: e.attempt,
+            reason: e.reason,
+            flow: e.flow.clone(),
+            copy: e.copy.clone(),
+            flow_hash: e.flow_hash.clone(),
+            params: e.params.clone(),
+            steps: e.steps.clone(),
+            then: e.then,
+            pushed_at: ts.clone(),
+            returned_at: None,
+        });
+        Ok(())
+    }
+
+    /// The frames still open, outermost first: the call stack.
+    pub fn call_stack(&self) -> impl Iterator<Item = &Frame> {
+        self.frames.iter().filter(|f| f.returned_at.is_none())
+    }
+
     fn step_mut(&mut self, record: &Record, id: &str) -> Result<&mut StepState, FoldError> {
         match self.step_pos(id) {
             Some(i) => Ok(&mut self.steps[i]),
@@ -528,6 +674,11 @@ impl RunState {
     /// Steps whose attempt was in flight when the journal ends.
     pub fn running_steps(&self) -> impl Iterator<Item = &StepState> {
         self.steps.iter().filter(|s| s.status == StepStatus::Running)
+    }
+
+    /// The open frame a step's id places it in (the longest open frame prefix), if any.
+    pub fn frame_of(&self, id: &str) -> Option<&Frame> {
+        self.frames.iter().rev().find(|f| f.steps.iter().any(|s| s == id))
     }
 
     pub fn count(&self, status: StepStatus) -> usize {

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod calls;
 mod chaos;
 mod concurrency;
 mod crash;

@@ -263,6 +263,27 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         })
         .collect();
     out.push_str(&table(&["STEP", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "DETAIL"], &cells));
+    // Open frames: where a paused or failed run is inside called flows, outermost first.
+    let mut stmt = conn
+        .prepare(
+            "SELECT frame, caller_step, visit, reason, flow FROM frames
+             WHERE run_id = ?1 AND returned_at IS NULL ORDER BY frame",
+        )
+        .map_err(sql(p))?;
+    let stack: Vec<String> = stmt
+        .query_map([id], |r| {
+            let (frame, step, visit, reason, flow): (i64, String, i64, String, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            Ok(format!("  frame {frame}: {} -> {flow} ({reason})", visit_label(&step, visit as u32)))
+        })
+        .map_err(sql(p))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(p))?;
+    if !stack.is_empty() {
+        out.push_str("\ncall stack:\n");
+        out.push_str(&stack.join("\n"));
+        out.push('\n');
+    }
     if run.shown_status() != "succeeded" && !run.live {
         out.push_str(&format!("\ncontinue with: runner resume --run-id {id}\n"));
     }
