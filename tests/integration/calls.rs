@@ -155,3 +155,18 @@ fn bad_calls_are_refused_before_anything_runs() {
     env.run(&["validate", "flows/f.toml"]).code(2).stderr_has("both `run` and `call`");
     assert!(env.run_ids().is_empty());
 }
+
+#[test]
+fn the_example_utility_flow_resets_a_directory_when_called() {
+    let env = Env::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    env.flow("reset", &std::fs::read_to_string(repo.join("flows/reset.toml")).expect("flows/reset.toml"));
+    env.write("out/tmp/old.txt", "stale");
+    let flow = env.flow(
+        "uses-reset",
+        "[[steps]]\nid='clean'\ncall='reset'\nwith={ dir = 'out/tmp' }\n\
+         [[steps]]\nid='check'\nrun='test -d out/tmp && test ! -e out/tmp/old.txt && echo \"$RUNNER_OUTPUT_CLEAN_DIR\" > dir.txt'\n",
+    );
+    env.run(&["run", &flow]).code(0);
+    assert_eq!(env.read("dir.txt"), "out/tmp\n");
+}
