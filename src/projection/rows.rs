@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 use crate::journal::{Event, Record};
 use crate::state::{Frame, RunState, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (

@@ -232,6 +232,8 @@ impl Session {
                 a.handoff.as_ref()?;
                 Some(attempt_dir(&self.dir, &self.state.steps[n].id, a.visit, a.attempt).join(HANDOFF_FILE))
             })
+            // Metadata without a document is a handoff too, but there is no file to read.
+            .filter(|p| p.is_file())
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
         env.push(("RUNNER_HANDOFF_IN".into(), handoffs.join("\n")));

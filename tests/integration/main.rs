@@ -7,6 +7,7 @@ mod chaos;
 mod concurrency;
 mod crash;
 mod disk;
+mod examples;
 mod golden;
 mod inputs;
 mod journal;
