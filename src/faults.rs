@@ -7,7 +7,8 @@
 //! opened, projection not updated), `after-projection` (batch handed to the projection
 //! thread), and for `state.json`: `snapshot-written` (temp file written, not synced),
 //! `snapshot-synced` (synced, not renamed), `snapshot-renamed` (renamed, directory not
-//! synced).
+//! synced); the same three for a large routing candidate set (`routing-*`) and a called
+//! flow's copy (`call-copy-*`).
 //!
 //! `RUNNER_TEST_IO_ERROR=point[:n[:kind]]` makes the n-th operation at `point` fail the way
 //! a full or failing disk does, where no real one is at hand. Points: `journal-write` (half

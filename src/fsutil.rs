@@ -12,8 +12,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Replaces `path` with what `write` produces so that a reader (or a crash) sees the old
 /// or the new content, never a mix: write a temp file beside it, fsync, rename, fsync the
 /// directory. Content is streamed, so a large snapshot never sits in memory twice.
+/// `fault` names the crash points a test can stop it at (`<fault>-written`, `-synced`,
+/// `-renamed`; see `faults`).
 pub fn write_atomic(
     path: &Path,
+    fault: &str,
     write: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -25,17 +28,30 @@ pub fn write_atomic(
         write(&mut out)?;
         out.flush()?;
         drop(out);
-        crate::faults::reached("snapshot-written");
+        crate::faults::reached(&format!("{fault}-written"));
         f.sync_all()?;
-        crate::faults::reached("snapshot-synced");
+        crate::faults::reached(&format!("{fault}-synced"));
         std::fs::rename(&tmp, path)?;
-        crate::faults::reached("snapshot-renamed");
+        crate::faults::reached(&format!("{fault}-renamed"));
         sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes a file that a journal event is about to name, durably, creating its directory
+/// (and making that creation durable) when needed. Content is deterministic, so a file left
+/// by a crash before its event is simply written again.
+pub fn write_durable(path: &Path, fault: &str, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+    }
+    remove_stale_temps(path);
+    write_atomic(path, fault, |out| out.write_all(bytes))
 }
 
 /// Removes temp files left by an interrupted [`write_atomic`] of `path`.
@@ -58,8 +74,8 @@ mod tests {
     fn atomic_write_replaces_and_cleans_up() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("state.json");
-        write_atomic(&p, |w| w.write_all(b"one")).expect("write");
-        write_atomic(&p, |w| w.write_all(b"two")).expect("write");
+        write_atomic(&p, "test", |w| w.write_all(b"one")).expect("write");
+        write_atomic(&p, "test", |w| w.write_all(b"two")).expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
         std::fs::write(dir.path().join("state.json.tmp-1"), b"partial").expect("write");
         remove_stale_temps(&p);

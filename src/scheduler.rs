@@ -233,7 +233,12 @@ impl<'a> Conditions<'a> {
     fn of(flow: &'a Flow, state: &'a RunState, i: usize, failing: bool) -> Conditions<'a> {
         let step = &flow.steps[i];
         let frame = step.frame.and_then(|f| state.frames.get(f as usize - 1));
-        Conditions { state, failing, scope: &step.scope, params: frame.map_or(&state.params, |f| &f.params) }
+        Conditions {
+            state,
+            failing,
+            scope: &step.scope,
+            params: frame.map_or(&state.params, |f| &f.call.params),
+        }
     }
 
     fn step(&self, id: &str) -> Option<&crate::state::StepState> {

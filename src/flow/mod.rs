@@ -102,6 +102,16 @@ pub enum Then {
     Continue,
 }
 
+impl Then {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Then::Retry => "retry",
+            Then::Fail => "fail",
+            Then::Continue => "continue",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct OnFailure {
     pub call: Call,

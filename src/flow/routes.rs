@@ -20,6 +20,14 @@ pub(super) fn build(
     let order = topological(steps);
     for (i, raw_rules) in rules.into_iter().enumerate() {
         let count = raw_rules.len();
+        if count == 0 {
+            continue;
+        }
+        // The router and every step it depends on, directly or not.
+        let mut above = vec![false; steps.len()];
+        for s in closure(steps, i, |s| &s.needs) {
+            above[s] = true;
+        }
         let mut built = Vec::with_capacity(count);
         for (k, raw) in raw_rules.into_iter().enumerate() {
             let at = raw.span().start;
@@ -43,7 +51,7 @@ pub(super) fn build(
                 None => None,
             };
             let forward = steps[i].dependents.contains(&goto);
-            let backward = goto == i || reaches(steps, goto, i);
+            let backward = above[goto];
             if !forward && !backward {
                 let dependents =
                     steps[i].dependents.iter().map(|&d| format!("`{}`", steps[d].id)).collect::<Vec<_>>();
@@ -59,10 +67,9 @@ pub(super) fn build(
                 ));
             }
             let (reset, cycle) = if backward {
-                let mut reset = downstream(steps, goto);
+                let mut reset = closure(steps, goto, |s| &s.dependents);
                 reset.sort_unstable();
-                let mut cycle: Vec<usize> =
-                    reset.iter().copied().filter(|&s| s == i || reaches(steps, s, i)).collect();
+                let mut cycle: Vec<usize> = reset.iter().copied().filter(|&s| above[s]).collect();
                 cycle.sort_by_key(|&s| order[s]);
                 (reset, cycle)
             } else {
@@ -95,32 +102,15 @@ pub(super) fn build(
     Ok(())
 }
 
-/// Whether `to` is downstream of `from` (follows from it through `needs`).
-fn reaches(steps: &[Step], from: usize, to: usize) -> bool {
-    let mut seen = vec![false; steps.len()];
-    let mut queue = VecDeque::from([from]);
-    while let Some(s) = queue.pop_front() {
-        for &d in &steps[s].dependents {
-            if d == to {
-                return true;
-            }
-            if !seen[d] {
-                seen[d] = true;
-                queue.push_back(d);
-            }
-        }
-    }
-    false
-}
-
-/// `from` and every step downstream of it.
-fn downstream(steps: &[Step], from: usize) -> Vec<usize> {
+/// `from` and every step reached from it by following `next` (needs: upstream;
+/// dependents: downstream), in the order found.
+fn closure(steps: &[Step], from: usize, next: impl Fn(&Step) -> &Vec<usize>) -> Vec<usize> {
     let mut seen = vec![false; steps.len()];
     seen[from] = true;
     let mut out = vec![from];
     let mut queue = VecDeque::from([from]);
     while let Some(s) = queue.pop_front() {
-        for &d in &steps[s].dependents {
+        for &d in next(&steps[s]) {
             if !seen[d] {
                 seen[d] = true;
                 out.push(d);

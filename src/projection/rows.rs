@@ -430,17 +430,17 @@ pub fn upsert_frames<'a>(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for f in frames {
-        let then = f.then.map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)));
+        let c = &f.call;
         stmt.execute(params![
             run_id,
-            f.id,
-            f.step,
-            f.visit,
-            f.reason.as_str(),
-            f.flow,
-            f.copy,
-            serde_json::to_string(&f.params).unwrap_or_default(),
-            then.flatten(),
+            c.frame,
+            c.step,
+            c.visit,
+            c.reason.as_str(),
+            c.flow,
+            c.copy,
+            serde_json::to_string(&c.params).unwrap_or_default(),
+            c.then.map(|t| t.as_str()),
             f.pushed_at,
             f.returned_at,
         ])?;

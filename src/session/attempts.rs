@@ -13,7 +13,6 @@ use nix::sys::signal::Signal;
 
 use super::{Session, SessionError};
 use crate::executor::{self, Exit, Gated, SpawnSpec};
-use crate::flow::param_env_name;
 use crate::journal::{
     Event, FailReason, InterruptReason, StepFailed, StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
 };
@@ -22,10 +21,7 @@ use crate::report::human;
 use crate::scheduler::{Action, decide, released};
 use crate::store::attempt_dir;
 
-/// Files in an attempt's directory that the step writes for its successors.
-pub const OUTPUT_FILE: &str = "outputs.env";
-pub const HANDOFF_FILE: &str = "handoff.md";
-pub const HANDOFF_META_FILE: &str = "handoff.json";
+use super::env::{HANDOFF_FILE, HANDOFF_META_FILE, OUTPUT_FILE};
 
 /// How often a group that survived SIGKILL is looked at again (zombies wait for reaping).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -159,26 +155,35 @@ impl Session {
                 self.running.insert(pid, Running::new(idx, visit, attempt));
                 self.gates.push((pid, gated));
             }
-            Err(message) => {
-                // A command that cannot be started is a failed attempt, not a crash.
-                let retry_in_ms = self.retry_after(idx, 1);
-                self.record(Event::StepFailed(StepFailed {
-                    step: step_id,
-                    visit,
-                    attempt,
-                    reason: FailReason::Spawn,
-                    exit_code: None,
-                    signal: None,
-                    message,
-                    duration_ms: 0,
-                    retry_in_ms,
-                }))?;
-            }
+            Err(message) => self.record_unstartable(idx, visit, attempt, message)?,
         }
         Ok(())
     }
 
-    fn spawn(&self, idx: usize, visit: u32, attempt: u32) -> Result<Gated, String> {
+    /// A command (or call) that cannot be started is a failed attempt, not a crash: it
+    /// begins and ends with one `StepFailed`, and is retried like any other failure.
+    pub(super) fn record_unstartable(
+        &mut self,
+        idx: usize,
+        visit: u32,
+        attempt: u32,
+        message: String,
+    ) -> Result<(), SessionError> {
+        let retry_in_ms = self.retry_after(idx, 1);
+        self.record(Event::StepFailed(StepFailed {
+            step: self.flow.steps[idx].id.clone(),
+            visit,
+            attempt,
+            reason: FailReason::Spawn,
+            exit_code: None,
+            signal: None,
+            message,
+            duration_ms: 0,
+            retry_in_ms,
+        }))
+    }
+
+    fn spawn(&mut self, idx: usize, visit: u32, attempt: u32) -> Result<Gated, String> {
         let step = &self.flow.steps[idx];
         let workdir = Path::new(&self.state.workdir);
         if !workdir.is_dir() {
@@ -197,53 +202,15 @@ impl Session {
         };
         let (stdout, stderr) =
             logs().map_err(|e| format!("cannot create the log files in {}: {e}", dir.display()))?;
-        let mut env: Vec<(String, String)> = Vec::new();
-        env.extend(self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        // A called flow's steps see its parameters (from `with`), not the caller's.
-        let frame = step.frame.and_then(|f| self.state.frames.get(f as usize - 1));
-        let params = frame.map_or(&self.state.params, |f| &f.params);
-        env.extend(params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
-        env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
-        env.push(("RUNNER_STEP_ID".into(), step.id.clone()));
-        env.push(("RUNNER_VISIT".into(), visit.to_string()));
-        env.push(("RUNNER_ATTEMPT".into(), attempt.to_string()));
-        env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
-        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        env.push(("RUNNER_OUTPUT".into(), path(OUTPUT_FILE)));
-        env.push(("RUNNER_HANDOFF".into(), path(HANDOFF_FILE)));
-        env.push(("RUNNER_HANDOFF_META".into(), path(HANDOFF_META_FILE)));
-        // Outputs of every step that left some; handoffs of the steps this one needs.
-        // Outputs of every step of the same flow that left some, by the ids that flow uses.
-        for &i in &self.with_outputs {
-            let id = &self.state.steps[i].id;
-            let Some(local) = id.strip_prefix(step.scope.as_str()).filter(|l| !l.contains('/')) else {
-                continue;
-            };
-            for (key, value) in self.state.steps[i].outputs().into_iter().flatten() {
-                env.push((output_env_name(local, key), value.clone()));
-            }
-        }
-        let handoffs: Vec<String> = step
-            .needs
-            .iter()
-            .filter_map(|&n| {
-                let a = self.state.steps[n].success()?;
-                a.handoff.as_ref()?;
-                Some(attempt_dir(&self.dir, &self.state.steps[n].id, a.visit, a.attempt).join(HANDOFF_FILE))
-            })
-            // Metadata without a document is a handoff too, but there is no file to read.
-            .filter(|p| p.is_file())
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        env.push(("RUNNER_HANDOFF_IN".into(), handoffs.join("\n")));
+        let env = self.step_env(idx, visit, attempt, &dir);
+        let (step, workdir) = (&self.flow.steps[idx], Path::new(&self.state.workdir));
         executor::spawn_gated(SpawnSpec { command: &step.run, env: &env, workdir, stdout, stderr })
             .map_err(|e| format!("cannot start the command: {e}"))
     }
 
     /// The retry delay in ms if step `idx` gets another attempt after the one that just
     /// failed (`pending` attempts not yet folded into the state are counted too).
-    pub(super) fn retry_after(&mut self, idx: usize, pending: u32) -> Option<u64> {
+    fn retry_after(&mut self, idx: usize, pending: u32) -> Option<u64> {
         if self.stop.is_some() {
             return None;
         }
@@ -304,67 +271,48 @@ impl Session {
             Exit::Code(0) if !r.timed_out => Some(self.read_left(&step_id, visit, attempt)),
             _ => None,
         };
-        let event = match (exit, left) {
-            (_, Some(Ok((outputs, handoff)))) => Event::StepSucceeded(StepSucceeded {
-                step: step_id,
-                visit,
-                attempt,
-                duration_ms,
-                outputs,
-                handoff,
-            }),
-            (_, Some(Err(message))) => {
-                let retry_in_ms = self.retry_after(r.step, 0);
-                Event::StepFailed(StepFailed {
+        let (reason, exit_code, signal, message) = match (exit, left) {
+            (_, Some(Ok((outputs, handoff)))) => {
+                let ok = StepSucceeded { step: step_id, visit, attempt, duration_ms, outputs, handoff };
+                return self.record(Event::StepSucceeded(ok));
+            }
+            (_, Some(Err(message))) => (FailReason::Outputs, Some(0), None, message),
+            _ if r.interrupted => {
+                return self.record(Event::StepInterrupted(StepInterrupted {
                     step: step_id,
                     visit,
                     attempt,
-                    reason: FailReason::Outputs,
-                    exit_code: Some(0),
-                    signal: None,
-                    message,
-                    duration_ms,
-                    retry_in_ms,
-                })
+                    reason: InterruptReason::Signal,
+                    leftover_stopped: None,
+                    duration_ms: Some(duration_ms),
+                }));
             }
-            _ if r.interrupted => Event::StepInterrupted(StepInterrupted {
-                step: step_id,
-                visit,
-                attempt,
-                reason: InterruptReason::Signal,
-                leftover_stopped: None,
-                duration_ms: Some(duration_ms),
-            }),
-            _ => {
-                let (reason, exit_code, signal, message) = match exit {
-                    _ if r.timed_out => (
-                        FailReason::Timeout,
-                        code_of(exit),
-                        signal_of(exit),
-                        format!("timed out after {}", human(timeout.unwrap_or_default())),
-                    ),
-                    Exit::Code(c) => (FailReason::Exit, Some(c), None, format!("exited with code {c}")),
-                    Exit::Signal(s) => (
-                        FailReason::Signal,
-                        None,
-                        Some(executor::signal_name(s)),
-                        format!("killed by {}", executor::signal_name(s)),
-                    ),
-                };
-                let retry_in_ms = self.retry_after(r.step, 0);
-                Event::StepFailed(StepFailed {
-                    step: step_id,
-                    visit,
-                    attempt,
-                    reason,
-                    exit_code,
-                    signal,
-                    message,
-                    duration_ms,
-                    retry_in_ms,
-                })
-            }
+            _ if r.timed_out => (
+                FailReason::Timeout,
+                code_of(exit),
+                signal_of(exit),
+                format!("timed out after {}", human(timeout.unwrap_or_default())),
+            ),
+            (Exit::Code(c), None) => (FailReason::Exit, Some(c), None, format!("exited with code {c}")),
+            (Exit::Signal(s), None) => (
+                FailReason::Signal,
+                None,
+                Some(executor::signal_name(s)),
+                format!("killed by {}", executor::signal_name(s)),
+            ),
         };
+        let retry_in_ms = self.retry_after(r.step, 0);
+        let event = Event::StepFailed(StepFailed {
+            step: step_id,
+            visit,
+            attempt,
+            reason,
+            exit_code,
+            signal,
+            message,
+            duration_ms,
+            retry_in_ms,
+        });
         self.record(event)
     }
 
@@ -471,14 +419,6 @@ fn group_has_members(pgid: i32) -> bool {
 /// whose parent outside the group never reaps them must not hold the attempt open.
 fn group_alive(pgid: i32) -> bool {
     executor::procfs::group_alive(pgid)
-}
-
-/// `RUNNER_OUTPUT_<STEP>_<KEY>`, upper-cased, with `-` (and `/`) as `_`.
-pub fn output_env_name(step: &str, key: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
-    };
-    format!("RUNNER_OUTPUT_{}_{}", clean(step), clean(key))
 }
 
 fn code_of(exit: Exit) -> Option<i32> {

@@ -12,11 +12,51 @@ use std::path::{Path, PathBuf};
 
 use super::{Session, SessionError};
 use crate::flow::{self, Flow, MAX_CALL_DEPTH};
-use crate::journal::{CallPushed, CallReason, CallReturned, Event, FailReason, StepFailed};
+use crate::journal::{CallPushed, CallReason, CallReturned, Event};
 use crate::state::{RunState, StepStatus};
 
 /// Called flows' copies, in the run directory.
 pub const CALLS_DIR: &str = "calls";
+
+/// Where a frame's steps live: `caller/step`, or `caller/on_failure/step`.
+fn frame_prefix(step: &str, reason: CallReason) -> String {
+    match reason {
+        CallReason::Call => format!("{step}/"),
+        CallReason::OnFailure => format!("{step}/on_failure/"),
+    }
+}
+
+/// Lays a callee's steps out in the plan for frame `frame`: appended the first time, and
+/// in place of the same steps when the frame is pushed again (a new visit of the caller,
+/// or another failure), so the plan always runs the copy the journal names.
+fn lay_out(
+    plan: &mut Flow,
+    callee: &Flow,
+    reason: CallReason,
+    caller: &str,
+    frame: u32,
+) -> Result<(), String> {
+    let prefix = frame_prefix(caller, reason);
+    let first = format!("{prefix}{}", callee.steps[0].id);
+    let at = plan.steps.iter().position(|s| s.id == first).unwrap_or(plan.steps.len());
+    let steps = flow::instantiate(callee, &prefix, frame, at);
+    if at == plan.steps.len() {
+        plan.steps.extend(steps);
+        return Ok(());
+    }
+    let same = plan
+        .steps
+        .get(at..at + steps.len())
+        .is_some_and(|old| old.iter().zip(&steps).all(|(a, b)| a.id == b.id));
+    if !same {
+        return Err(format!(
+            "{} no longer has the steps it had when `{caller}` first called it",
+            callee.path.display()
+        ));
+    }
+    plan.steps.splice(at..at + steps.len(), steps);
+    Ok(())
+}
 
 impl Session {
     /// Starts step `idx`'s call (a `call` step's attempt, or a failed step's `on_failure`).
@@ -33,59 +73,48 @@ impl Session {
             CallReason::OnFailure => st.last_attempt().map_or((1, 1), |a| (a.visit, a.attempt)),
         };
         let frame = self.state.frames.len() as u32 + 1;
-        let prefix = match reason {
-            CallReason::Call => format!("{}/", step.id),
-            CallReason::OnFailure => format!("{}/on_failure/", step.id),
-        };
-        match self.prepare_call(idx, &call, frame, &prefix) {
+        let caller = step.id.clone();
+        let prepared = self.prepare_call(idx, &call, frame).and_then(|(callee, source, copy, params)| {
+            lay_out(&mut self.flow, &callee, reason, &caller, frame)?;
+            Ok((callee, source, copy, params))
+        });
+        match prepared {
             Ok((callee, source, copy, params)) => {
-                let steps: Vec<String> = callee.steps.iter().map(|s| format!("{prefix}{}", s.id)).collect();
-                let known = steps.iter().all(|id| self.state.step_pos(id).is_some());
-                if !known {
-                    let offset = self.flow.steps.len();
-                    self.flow.steps.extend(flow::instantiate(&callee, &prefix, frame, offset));
-                } else {
-                    // Called again (a new visit, or another failure): the same steps run anew.
-                    for id in &steps {
-                        if let Some(i) = self.state.step_pos(id) {
-                            self.flow.steps[i].frame = Some(frame);
-                        }
-                    }
-                }
+                let prefix = frame_prefix(&caller, reason);
                 self.record(Event::CallPushed(CallPushed {
                     frame,
-                    step: self.flow.steps[idx].id.clone(),
+                    steps: callee.steps.iter().map(|s| format!("{prefix}{}", s.id)).collect(),
+                    step: caller,
                     visit,
                     attempt,
                     reason,
                     flow: source,
                     copy,
-                    flow_hash: callee.hash.clone(),
+                    flow_hash: callee.hash,
                     params,
-                    steps,
                     then,
                 }))
             }
+            // A call that cannot start is a failed attempt, like a command that cannot.
             Err(message) if reason == CallReason::Call => {
-                // A call that cannot start is a failed attempt, like a command that cannot.
-                let retry_in_ms = self.retry_after(idx, 1);
-                self.record(Event::StepFailed(StepFailed {
-                    step: self.flow.steps[idx].id.clone(),
-                    visit,
-                    attempt,
-                    reason: FailReason::Spawn,
-                    exit_code: None,
-                    signal: None,
-                    message,
-                    duration_ms: 0,
-                    retry_in_ms,
-                }))
+                self.record_unstartable(idx, visit, attempt, message)
             }
             Err(message) => {
-                self.report.warn(&format!("`{}`: on_failure cannot run: {message}", self.flow.steps[idx].id));
+                self.report.warn(&format!("`{caller}`: on_failure cannot run: {message}"));
                 Ok(())
             }
         }
+    }
+
+    /// How many frames enclose step `idx`.
+    fn call_depth(&self, idx: usize) -> usize {
+        let mut depth = 0;
+        let mut frame = self.flow.steps[idx].frame;
+        while let Some(f) = frame.and_then(|f| self.state.frames.get(f as usize - 1)) {
+            depth += 1;
+            frame = self.state.step_pos(&f.call.step).and_then(|i| self.flow.steps[i].frame);
+        }
+        depth
     }
 
     /// Finds, checks and copies the callee. Returns it with its source path (as recorded),
@@ -95,36 +124,29 @@ impl Session {
         idx: usize,
         call: &flow::Call,
         frame: u32,
-        prefix: &str,
     ) -> Result<(Flow, String, String, BTreeMap<String, String>), String> {
-        let step = &self.flow.steps[idx];
-        let workdir = Path::new(&self.state.workdir);
-        let depth = prefix.matches('/').count() - usize::from(prefix.contains("/on_failure/"));
-        if depth > MAX_CALL_DEPTH {
+        if self.call_depth(idx) >= MAX_CALL_DEPTH {
             return Err(format!("calls nest deeper than {MAX_CALL_DEPTH} flows"));
         }
-        let caller_file: PathBuf = match step.frame.and_then(|f| self.state.frames.get(f as usize - 1)) {
-            Some(f) => workdir.join(&f.flow),
-            None => workdir.join(&self.state.flow_path),
-        };
+        let workdir = Path::new(&self.state.workdir);
+        let caller_file: PathBuf =
+            match self.flow.steps[idx].frame.and_then(|f| self.state.frames.get(f as usize - 1)) {
+                Some(f) => workdir.join(&f.call.flow),
+                None => workdir.join(&self.state.flow_path),
+            };
         let path = flow::resolve_call(&caller_file, workdir, &call.target)?;
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let callee = Flow::from_bytes(&path, &bytes).map_err(|e| e.to_string())?;
         let params = flow::call_params(&callee, &call.with)?;
         let source = path.strip_prefix(workdir).unwrap_or(&path).to_string_lossy().into_owned();
         let copy = format!("{CALLS_DIR}/{frame}-{}.toml", callee.name);
-        let dir = self.dir.join(CALLS_DIR);
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            crate::fsutil::sync_dir(&self.dir)?;
-            crate::fsutil::write_atomic(&self.dir.join(&copy), |out| std::io::Write::write_all(out, &bytes))
-        };
-        write().map_err(|e| format!("cannot copy {} into the run: {e}", path.display()))?;
+        crate::fsutil::write_durable(&self.dir.join(&copy), "call-copy", &bytes)
+            .map_err(|e| format!("cannot copy {} into the run: {e}", path.display()))?;
         Ok((callee, source, copy, params))
     }
 
-    /// After an event about step `idx`: pops its frame if every step of it is done, and
-    /// runs a failed step's `on_failure` (once per visit).
+    /// After an event about step `idx`: runs a failed step's `on_failure` (once per visit),
+    /// and pops the step's frame once every step of it is done.
     pub(super) fn after_step_event(&mut self, idx: usize) -> Result<(), SessionError> {
         let st = &self.state.steps[idx];
         if st.status == StepStatus::Failed
@@ -132,22 +154,21 @@ impl Session {
             && self.flow.steps[idx].on_failure.is_some()
             && self.stop.is_none()
         {
-            let visit = st.visit;
-            let used = self
-                .state
-                .frames
-                .iter()
-                .any(|f| f.step == st.id && f.visit == visit && f.reason == CallReason::OnFailure);
+            let used = self.state.frames.iter().any(|f| {
+                f.call.step == st.id && f.call.visit == st.visit && f.call.reason == CallReason::OnFailure
+            });
             if !used {
                 return self.start_call(idx, CallReason::OnFailure);
             }
         }
-        let Some(frame) = self.flow.steps[idx].frame else { return Ok(()) };
-        let Some(f) = self.state.frames.get(frame as usize - 1) else { return Ok(()) };
-        if f.returned_at.is_some() {
+        if !st.status.is_done() {
             return Ok(());
         }
-        let positions: Vec<usize> = f.steps.iter().filter_map(|id| self.state.step_pos(id)).collect();
+        let Some(frame) = self.flow.steps[idx].frame else { return Ok(()) };
+        let Some(f) = self.state.frames.get(frame as usize - 1).filter(|f| f.returned_at.is_none()) else {
+            return Ok(());
+        };
+        let positions: Vec<usize> = f.call.steps.iter().filter_map(|id| self.state.step_pos(id)).collect();
         if !positions.iter().all(|&i| self.state.steps[i].status.is_done()) {
             return Ok(());
         }
@@ -155,13 +176,13 @@ impl Session {
         for &i in &positions {
             outputs.extend(self.state.steps[i].outputs().cloned().unwrap_or_default());
         }
-        let event = CallReturned { frame, step: f.step.clone(), outputs };
-        let caller = self.state.step_pos(&f.step);
-        self.record(Event::CallReturned(event))?;
-        if let Some(c) = caller {
-            self.after_step_event(c)?;
+        let caller = f.call.step.clone();
+        let caller_pos = self.state.step_pos(&caller);
+        self.record(Event::CallReturned(CallReturned { frame, step: caller, outputs }))?;
+        match caller_pos {
+            Some(c) => self.after_step_event(c),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -169,25 +190,13 @@ impl Session {
 /// in the run directory, laid out in the order the journal pushed them.
 pub fn plan_with_frames(mut flow: Flow, state: &RunState, dir: &Path) -> Result<Flow, String> {
     for f in &state.frames {
-        let prefix_known = f.steps.iter().all(|id| flow.steps.iter().any(|s| &s.id == id));
-        if prefix_known {
-            for id in &f.steps {
-                if let Some(s) = flow.steps.iter_mut().find(|s| &s.id == id) {
-                    s.frame = Some(f.id);
-                }
-            }
-            continue;
-        }
-        let path = dir.join(&f.copy);
+        let path = dir.join(&f.call.copy);
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if blake3::hash(&bytes).to_hex().as_str() != f.flow_hash {
-            return Err(format!("{} is not the flow frame {} called", path.display(), f.id));
+        if blake3::hash(&bytes).to_hex().as_str() != f.call.flow_hash {
+            return Err(format!("{} is not the flow frame {} called", path.display(), f.call.frame));
         }
         let callee = Flow::from_bytes(&path, &bytes).map_err(|e| e.to_string())?;
-        let prefix =
-            f.steps.first().and_then(|id| id.strip_suffix(callee.steps[0].id.as_str())).unwrap_or("");
-        let offset = flow.steps.len();
-        flow.steps.extend(flow::instantiate(&callee, prefix, f.id, offset));
+        lay_out(&mut flow, &callee, f.call.reason, &f.call.step, f.call.frame)?;
     }
     let same = flow.steps.len() == state.steps.len()
         && flow.steps.iter().zip(&state.steps).all(|(a, b)| a.id == b.id);

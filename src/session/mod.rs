@@ -8,6 +8,7 @@
 
 mod attempts;
 mod calls;
+mod env;
 mod open;
 mod routing;
 
@@ -101,6 +102,7 @@ pub struct Session {
     settle: bool,
     /// Steps whose latest success left outputs: they reach later steps' environments.
     with_outputs: BTreeSet<usize>,
+    upstream: env::UpstreamOutputs,
 }
 
 impl Session {
@@ -148,6 +150,7 @@ impl Session {
             released: Vec::new(),
             settle: false,
             with_outputs,
+            upstream: env::UpstreamOutputs::default(),
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,
@@ -288,23 +291,15 @@ impl Session {
             }
         }
         let step = record.event.step().and_then(|id| self.state.step_pos(id));
-        if let Event::StepSucceeded(e) = &record.event
-            && let Some(i) = self.state.step_pos(&e.step)
+        // A success (of a command or of a call) may change what later steps see, and a
+        // router's success waits for its decision.
+        if let Some(i) = step
+            && matches!(record.event, Event::StepSucceeded(_) | Event::CallReturned(_))
         {
-            if e.outputs.is_empty() {
-                self.with_outputs.remove(&i);
-            } else {
-                self.with_outputs.insert(i);
-            }
-            if !self.flow.steps[i].next.is_empty() {
-                self.unrouted.insert(i);
-            }
-        }
-        if let Event::CallReturned(e) = &record.event
-            && let Some(i) = self.state.step_pos(&e.step)
-        {
-            if !e.outputs.is_empty() {
-                self.with_outputs.insert(i);
+            let has = self.state.steps[i].outputs().is_some_and(|o| !o.is_empty());
+            let changed = if has { self.with_outputs.insert(i) } else { self.with_outputs.remove(&i) };
+            if changed {
+                self.upstream.invalidate();
             }
             if !self.flow.steps[i].next.is_empty() && self.state.steps[i].status == StepStatus::Succeeded {
                 self.unrouted.insert(i);

@@ -210,7 +210,7 @@ fn run_flow(
         .map_err(|source| OpenError::FlowInvalid { run_id: run_id.clone(), source })?;
     // The run's own steps come first; called flows' steps follow, from their copies.
     let framed: std::collections::HashSet<&str> =
-        state.frames.iter().flat_map(|f| f.steps.iter().map(String::as_str)).collect();
+        state.frames.iter().flat_map(|f| f.call.steps.iter().map(String::as_str)).collect();
     let main = state.steps.iter().take_while(|s| !framed.contains(s.id.as_str())).count();
     let same_steps =
         flow.steps.len() == main && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);

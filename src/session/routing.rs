@@ -114,17 +114,10 @@ impl Session {
     /// names it is staged (the name is the event's sequence number, so it is unique).
     fn write_candidates(&self, candidates: &[String]) -> Result<String, SessionError> {
         let rel = format!("{ROUTING_DIR}/{}.json", self.journal.next_seq());
-        let dir = self.dir.join(ROUTING_DIR);
         let path = self.dir.join(&rel);
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            crate::fsutil::sync_dir(&self.dir)?;
-            crate::fsutil::write_atomic(&path, |out| {
-                serde_json::to_writer_pretty(&mut *out, candidates)?;
-                std::io::Write::write_all(out, b"\n")
-            })
-        };
-        write().map_err(|source| SessionError::Commit {
+        let mut json = serde_json::to_vec_pretty(candidates).unwrap_or_default();
+        json.push(b'\n');
+        crate::fsutil::write_durable(&path, "routing", &json).map_err(|source| SessionError::Commit {
             run_id: self.state.run_id.clone(),
             source: crate::journal::JournalError::io(&path, source),
         })?;

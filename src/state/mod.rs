@@ -120,9 +120,6 @@ pub struct Attempt {
     pub outputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Box<Handoff>>,
-    /// The frame this attempt opened, for a step that calls a flow.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frame: Option<u32>,
 }
 
 impl Attempt {
@@ -144,25 +141,14 @@ impl Attempt {
             duration_ms: None,
             outputs: BTreeMap::new(),
             handoff: None,
-            frame: None,
         }
     }
 }
 
-/// A call frame: pushed by `CallPushed`, closed by `CallReturned`.
+/// A call frame as the fold keeps it: the event that pushed it, and when it popped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
-    pub id: u32,
-    pub step: String,
-    pub visit: u32,
-    pub attempt: u32,
-    pub reason: CallReason,
-    pub flow: String,
-    pub copy: String,
-    pub flow_hash: String,
-    pub params: BTreeMap<String, String>,
-    pub steps: Vec<String>,
-    pub then: Option<Then>,
+    pub call: CallPushed,
     pub pushed_at: String,
     pub returned_at: Option<String>,
 }
@@ -196,6 +182,34 @@ pub struct StepState {
 }
 
 impl StepState {
+    /// A step that has not been visited yet.
+    fn new(id: String) -> StepState {
+        StepState {
+            id,
+            status: StepStatus::Pending,
+            attempts: Vec::new(),
+            session_attempts: 0,
+            retry_in_ms: None,
+            visit: 0,
+            new_visit: true,
+            skip_reason: None,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Makes a finished step pending for a new visit (a backward route, a repeated call).
+    /// A step with an attempt or a frame in flight cannot be restarted.
+    fn restart(&mut self) -> Result<(), String> {
+        if matches!(self.status, StepStatus::Running | StepStatus::Retrying | StepStatus::Calling) {
+            return Err(format!("cannot restart step `{}`: it is {}", self.id, self.status.as_str()));
+        }
+        self.status = StepStatus::Pending;
+        self.new_visit = true;
+        self.retry_in_ms = None;
+        self.skip_reason = None;
+        Ok(())
+    }
+
     pub fn last_attempt(&self) -> Option<&Attempt> {
         self.attempts.last()
     }
@@ -297,21 +311,7 @@ impl RunState {
         if record.seq != 1 {
             return Err(fold_err(record, "RunStarted must be event 1"));
         }
-        let steps = e
-            .steps
-            .iter()
-            .map(|id| StepState {
-                id: id.clone(),
-                status: StepStatus::Pending,
-                attempts: Vec::new(),
-                session_attempts: 0,
-                retry_in_ms: None,
-                visit: 0,
-                new_visit: true,
-                skip_reason: None,
-                routes: Vec::new(),
-            })
-            .collect();
+        let steps = e.steps.iter().cloned().map(StepState::new).collect();
         let mut state = RunState {
             run_id: e.run_id.clone(),
             flow: e.flow.clone(),
@@ -515,31 +515,24 @@ impl RunState {
                     step.status = StepStatus::Failed;
                 }
                 for id in &e.reset {
-                    let step = self.step_mut(record, id)?;
-                    if matches!(step.status, StepStatus::Running | StepStatus::Retrying) {
-                        return Err(fold_err(record, &format!("cannot restart step `{id}`: it is running")));
-                    }
-                    step.status = StepStatus::Pending;
-                    step.new_visit = true;
-                    step.retry_in_ms = None;
-                    step.skip_reason = None;
+                    self.step_mut(record, id)?.restart().map_err(|why| fold_err(record, &why))?;
                 }
             }
             Event::CallPushed(e) => self.push_frame(record, e)?,
             Event::CallReturned(e) => {
                 let frame = match self.frames.get_mut((e.frame as usize).wrapping_sub(1)) {
-                    Some(f) if f.returned_at.is_none() && f.step == e.step => f,
+                    Some(f) if f.returned_at.is_none() && f.call.step == e.step => f,
                     _ => return Err(fold_err(record, &format!("frame {} is not open", e.frame))),
                 };
                 frame.returned_at = Some(ts.clone());
-                let (reason, then) = (frame.reason, frame.then);
+                let (reason, then, attempt) = (frame.call.reason, frame.call.then, frame.call.attempt);
                 let step = self.step_mut(record, &e.step)?;
                 if step.status != StepStatus::Calling {
                     return Err(fold_err(record, &format!("step `{}` is not calling", e.step)));
                 }
                 match (reason, then) {
                     (CallReason::Call, _) => {
-                        let a = running_attempt(record, step, step.attempts.len() as u32)?;
+                        let a = running_attempt(record, step, attempt)?;
                         a.status = AttemptStatus::Succeeded;
                         a.finished_at = Some(ts.clone());
                         a.outputs.clone_from(&e.outputs);
@@ -602,8 +595,7 @@ impl RunState {
                 }
                 begin_activation(record, step, e.visit)?;
                 expect_next_attempt(record, step, e.attempt)?;
-                step.attempts
-                    .push(Attempt { frame: Some(e.frame), ..Attempt::begin(e.visit, e.attempt, ts) });
+                step.attempts.push(Attempt::begin(e.visit, e.attempt, ts));
                 step.session_attempts += 1;
                 step.retry_in_ms = None;
             }
@@ -615,53 +607,15 @@ impl RunState {
         step.status = StepStatus::Calling;
         for id in &e.steps {
             match self.step_pos(id) {
-                Some(i) => {
-                    let s = &mut self.steps[i];
-                    if matches!(s.status, StepStatus::Running | StepStatus::Retrying | StepStatus::Calling) {
-                        return Err(fold_err(record, &format!("cannot restart step `{id}`: it is running")));
-                    }
-                    s.status = StepStatus::Pending;
-                    s.new_visit = true;
-                    s.retry_in_ms = None;
-                    s.skip_reason = None;
-                }
+                Some(i) => self.steps[i].restart().map_err(|why| fold_err(record, &why))?,
                 None => {
                     self.index.positions.insert(id.clone(), self.steps.len());
-                    self.steps.push(StepState {
-                        id: id.clone(),
-                        status: StepStatus::Pending,
-                        attempts: Vec::new(),
-                        session_attempts: 0,
-                        retry_in_ms: None,
-                        visit: 0,
-                        new_visit: true,
-                        skip_reason: None,
-                        routes: Vec::new(),
-                    });
+                    self.steps.push(StepState::new(id.clone()));
                 }
             }
         }
-        self.frames.push(Frame {
-            id: e.frame,
-            step: e.step.clone(),
-            visit: e.visit,
-            attempt: e.attempt,
-            reason: e.reason,
-            flow: e.flow.clone(),
-            copy: e.copy.clone(),
-            flow_hash: e.flow_hash.clone(),
-            params: e.params.clone(),
-            steps: e.steps.clone(),
-            then: e.then,
-            pushed_at: ts.clone(),
-            returned_at: None,
-        });
+        self.frames.push(Frame { call: e.clone(), pushed_at: ts.clone(), returned_at: None });
         Ok(())
-    }
-
-    /// The frames still open, outermost first: the call stack.
-    pub fn call_stack(&self) -> impl Iterator<Item = &Frame> {
-        self.frames.iter().filter(|f| f.returned_at.is_none())
     }
 
     fn step_mut(&mut self, record: &Record, id: &str) -> Result<&mut StepState, FoldError> {
@@ -674,11 +628,6 @@ impl RunState {
     /// Steps whose attempt was in flight when the journal ends.
     pub fn running_steps(&self) -> impl Iterator<Item = &StepState> {
         self.steps.iter().filter(|s| s.status == StepStatus::Running)
-    }
-
-    /// The open frame a step's id places it in (the longest open frame prefix), if any.
-    pub fn frame_of(&self, id: &str) -> Option<&Frame> {
-        self.frames.iter().rev().find(|f| f.steps.iter().any(|s| s == id))
     }
 
     pub fn count(&self, status: StepStatus) -> usize {

@@ -77,7 +77,7 @@ impl<W: Write> Write for Hashing<W> {
 
 /// Writes `state.json` atomically (temp file, fsync, rename, fsync directory).
 pub fn write_snapshot(run_dir: &Path, state: &RunState, sum: &str) -> std::io::Result<()> {
-    fsutil::write_atomic(&run_dir.join(SNAPSHOT_FILE), |out| {
+    fsutil::write_atomic(&run_dir.join(SNAPSHOT_FILE), "snapshot", |out| {
         let mut body = Hashing { inner: &mut *out, hasher: blake3::Hasher::new() };
         serde_json::to_writer(&mut body, state).map_err(std::io::Error::other)?;
         let mut trailer =

@@ -170,3 +170,38 @@ fn the_example_utility_flow_resets_a_directory_when_called() {
     env.run(&["run", &flow]).code(0);
     assert_eq!(env.read("dir.txt"), "out/tmp\n");
 }
+
+#[test]
+fn a_flow_called_again_runs_the_copy_taken_at_that_call() {
+    let env = Env::new();
+    env.flow("sub", "[[steps]]\nid='say'\nrun='echo v1 >> said.log'\n");
+    let flow = env.flow(
+        "again",
+        r##"
+[[steps]]
+id = "c"
+call = "sub"
+max_visits = 2
+[[steps]]
+id = "check"
+max_visits = 2
+run = '''
+if [ "$RUNNER_VISIT" = 1 ]; then
+  printf "[[steps]]\nid='say'\nrun='echo v2 >> said.log'\n" > flows/sub.toml
+  echo again=yes >> "$RUNNER_OUTPUT"
+fi
+'''
+next = [{ if = "steps.check.outputs.again == 'yes'", goto = "c" }, { goto = "done" }]
+[[steps]]
+id = "done"
+run = "true"
+"##,
+    );
+    env.run(&["run", &flow, "--run-id", "a"]).code(0);
+    assert_eq!(env.read("said.log"), "v1\nv2\n");
+    assert!(env.read("runs/a/calls/2-sub.toml").contains("v2"));
+    // A resume rebuilds the plan from both copies and agrees with the journal.
+    env.run(&["resume", "--run-id", "a"]).code(0);
+    env.run(&["verify", "--run-id", "a"]).code(0);
+    env.assert_rebuild_matches_live();
+}

@@ -23,10 +23,24 @@ echo 'count=12' >> "$RUNNER_OUTPUT"
 id = "use"
 if = "steps.make-it.outputs.count > 9 && steps.make-it.outputs.url != ''"
 run = 'printf "%s|%s" "$RUNNER_OUTPUT_MAKE_IT_URL" "$RUNNER_OUTPUT_MAKE_IT_NOTES" > seen.txt'
+[[steps]]
+id = "side"
+needs = []
+run = 'echo "x=1" >> "$RUNNER_OUTPUT"'
+[[steps]]
+id = "later"
+needs = ["use"]
+run = 'env | grep "^RUNNER_OUTPUT_" | cut -d= -f1 | sort > later.txt'
 "##,
     );
-    let id = env.run(&["run", &flow]).code(0).run_id();
+    let id = env.run(&["run", &flow, "--jobs", "1"]).code(0).run_id();
     assert_eq!(env.read("seen.txt"), "http://x/?a=1&b=2|first line\nsecond = line");
+    // Outputs come from upstream steps (directly or not), never from a parallel branch:
+    // with one job `side` has finished before `later` starts, and still is not seen.
+    assert_eq!(
+        env.read("later.txt"),
+        "RUNNER_OUTPUT_MAKE_IT_COUNT\nRUNNER_OUTPUT_MAKE_IT_NOTES\nRUNNER_OUTPUT_MAKE_IT_URL\n"
+    );
     let journal = env.journal(&id);
     let ok = data_of(&journal, "StepSucceeded")[0];
     assert_eq!(ok["outputs"]["notes"], "first line\nsecond = line");

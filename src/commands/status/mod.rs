@@ -127,7 +127,7 @@ fn step_detail(g: &Global, p: &Projection, id: &str, step: &str) -> Result<ExitC
     if d.is_null() {
         return Err(Error::Usage(format!("run `{id}` has no step `{step}`")));
     }
-    if g.json { print(&d.to_string()) } else { print(&step::render(&d)?) }
+    if g.json { print(&d.to_string()) } else { print(&step::render(&d)) }
 }
 
 fn is_damaged(e: &rusqlite::Error) -> bool {

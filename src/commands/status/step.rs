@@ -3,7 +3,6 @@
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use crate::error::Error;
 use crate::report::{human_ms, table};
 use crate::store::visit_label;
 
@@ -69,7 +68,7 @@ pub fn detail(conn: &Connection, run_id: &str, step: &str) -> Result<Value, rusq
 }
 
 /// The detail as text for a terminal.
-pub fn render(d: &Value) -> Result<String, Error> {
+pub fn render(d: &Value) -> String {
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_default();
     let n = |v: &Value| v.as_i64().unwrap_or(0);
     let id = s(&d["step_id"]);
@@ -141,7 +140,7 @@ pub fn render(d: &Value) -> Result<String, Error> {
             out.push_str(&format!("  [{label}] {to} by {how} ({from})\n"));
         }
     }
-    Ok(out)
+    out
 }
 
 /// A value on one line: multi-line values are shown escaped.
