@@ -7,8 +7,8 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::journal::{self, JOURNAL_FILE, JournalError};
 use crate::report::{note, print};
-use crate::state::{RunState, SNAPSHOT_FILE, load_snapshot};
-use crate::store::{FLOW_COPY, LoadError, load_run};
+use crate::state::{FoldError, RunState, SNAPSHOT_FILE, load_snapshot};
+use crate::store::{FLOW_COPY, LoadError, SnapshotUse, load_run};
 
 pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
     let dir = g.runs().existing(&args.run_id)?;
@@ -17,7 +17,9 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
     let mut warnings: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    let loaded = match load_run(&dir, false, 0) {
+    // Loaded the way resume loads it (snapshot included), so verify and resume trust the
+    // same snapshot by the same rule; every record comes back to fold from scratch too.
+    let loaded = match load_run(&dir, true, 0) {
         Ok(l) => Some(l),
         Err(
             e @ (LoadError::Journal(JournalError::Corrupt { .. })
@@ -53,7 +55,16 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
             }
             _ => problems.push(format!("{}: missing or edited since the run started", copy.display())),
         }
-        check_snapshot(&dir, l, &mut notes, &mut warnings, &mut problems);
+        // One fold of the whole journal, from scratch: it must not contradict itself, and
+        // where resume trusts the snapshot it must equal the fold at that event.
+        let at = match l.snapshot {
+            SnapshotUse::Used(seq) => seq,
+            _ => 0,
+        };
+        match fold_keeping(&l.records, at) {
+            Ok(kept) => check_snapshot(&dir, l, kept, &mut notes, &mut warnings, &mut problems),
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
     }
 
     // The verdict is the exit code: a closed stdout (`| head`) must not turn it into 0.
@@ -76,33 +87,47 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
     Ok(if problems.is_empty() { ExitCode::Success } else { ExitCode::Failed })
 }
 
+/// Folds every record; returns the state as it was after event `at` (if reached).
+fn fold_keeping(records: &[crate::journal::Record], at: u64) -> Result<Option<RunState>, FoldError> {
+    let Some((first, rest)) = records.split_first() else { return Ok(None) };
+    let mut state = RunState::from_first(first)?;
+    let mut kept = (at == first.seq).then(|| state.clone());
+    for r in rest {
+        state.apply(r)?;
+        if r.seq == at {
+            kept = Some(state.clone());
+        }
+    }
+    Ok(kept)
+}
+
 fn check_snapshot(
     dir: &std::path::Path,
     l: &crate::store::Loaded,
+    folded: Option<RunState>,
     notes: &mut Vec<String>,
     warnings: &mut Vec<String>,
     problems: &mut Vec<String>,
 ) {
     let path = dir.join(SNAPSHOT_FILE);
-    let snap = match load_snapshot(dir) {
-        Ok(Some(s)) => s,
-        Ok(None) => return notes.push(format!("{}: none (resume folds the whole journal)", path.display())),
-        Err(why) => return warnings.push(format!("{why}; resume ignores it")),
-    };
-    let boundary = std::fs::read(dir.join(JOURNAL_FILE))
-        .ok()
-        .and_then(|b| journal::scan_bytes_with(&dir.join(JOURNAL_FILE), &b, u64::MAX, snap.seq).ok())
-        .and_then(|s| s.boundary_sum);
-    if snap.seq > l.last_seq || boundary.as_deref() != Some(snap.sum.as_str()) {
-        return warnings.push(format!(
-            "{}: covers event {} but does not match the journal; resume ignores it",
-            path.display(),
-            snap.seq
-        ));
+    match &l.snapshot {
+        SnapshotUse::Absent => {
+            return notes.push(format!("{}: none (resume folds the whole journal)", path.display()));
+        }
+        SnapshotUse::Ignored(why) => return warnings.push(format!("{why}; resume ignores it")),
+        SnapshotUse::Used(_) => {}
     }
-    let upto = usize::try_from(snap.seq).unwrap_or(usize::MAX).min(l.records.len());
-    match RunState::fold_all(&l.records[..upto]) {
-        Ok(folded) if folded == snap.state => {
+    // Read again for its state (the load folded it away); a live runner may have replaced
+    // it meanwhile, and a newer snapshot is not the one the fold was kept for.
+    let snap = match load_snapshot(dir) {
+        Ok(Some(s)) if Some(s.seq) == folded.as_ref().map(|f| f.seq) => s,
+        _ => {
+            return warnings
+                .push(format!("{}: replaced while it was checked (a runner is live)", path.display()));
+        }
+    };
+    match folded {
+        Some(folded) if folded == snap.state => {
             notes.push(format!(
                 "{}: equals the fold of the journal up to event {}",
                 path.display(),

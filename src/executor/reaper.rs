@@ -34,7 +34,7 @@ impl Reaper {
     }
 
     /// Wakes the thread after a child was started (it sleeps while there are none).
-    pub fn watch(&self, _pid: i32) {
+    pub fn wake(&self) {
         self.thread.unpark();
     }
 }

@@ -140,8 +140,9 @@ fn parse_record(body: &[u8], seq: u64) -> Result<Record, String> {
 }
 
 /// Checks every line of the journal at `path` but parses only the last intact one:
-/// enough to learn how a run ended without folding it.
-pub fn last_record(path: &Path) -> Result<(Scan, Option<Record>), JournalError> {
+/// enough to learn how a run ended without folding it. The bytes come back too, so a
+/// caller that goes on to fold the run does not read the file again.
+pub fn last_record(path: &Path) -> Result<(Scan, Option<Record>, Vec<u8>), JournalError> {
     let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
     let scan = scan_bytes_with(path, &bytes, u64::MAX, 0)?;
     let intact = &bytes[..usize::try_from(scan.valid_len).unwrap_or(0).min(bytes.len())];
@@ -155,7 +156,7 @@ pub fn last_record(path: &Path) -> Result<(Scan, Option<Record>), JournalError> 
             reason,
         })?),
     };
-    Ok((scan, record))
+    Ok((scan, record, bytes))
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {

@@ -133,13 +133,13 @@ impl JournalWriter {
         self.len == 0
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Sequence number and checksum of the last durable line.
     pub fn durable_end(&self) -> (u64, &str) {
         (self.durable_seq, &self.durable_sum)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Follows the file after its directory was renamed (the descriptor stays valid).

@@ -33,8 +33,8 @@ pub const PROJECTION_FILE: &str = "projection.sqlite";
 pub const PROJECTION_LOCK: &str = "projection.lock";
 /// How long commands wait for another writer (a rebuild can take seconds).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a live run waits: its steps matter more than its projection, which a later
-/// update catches up.
+/// How long `resume` of an already finished run waits to bring its rows up to date: the
+/// answer matters more than the projection, which any later command catches up.
 pub const LIVE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +241,16 @@ impl Projection {
         Ok(false)
     }
 
+    /// Like `sync_run`, but first compares the journal's size with the length the run's
+    /// rows cover, and reads nothing more when they match (the common case).
+    pub fn sync_run_if_behind(&mut self, run_id: &str) -> Result<bool, ProjectionError> {
+        let size = std::fs::metadata(self.runs.run_dir(run_id).join(JOURNAL_FILE)).map(|m| m.len()).ok();
+        if size.is_some() && self.journal_bytes(run_id) == size {
+            return Ok(false);
+        }
+        self.sync_run(run_id)
+    }
+
     /// Catches every run up with its journal and drops rows of runs that no longer exist.
     /// A run is checked by comparing its journal's size with the length its rows cover.
     pub fn catch_up(&mut self) -> Result<CatchUp, ProjectionError> {
@@ -284,12 +294,6 @@ impl Projection {
             .map(|b| b as u64)
     }
 
-    /// Changes how long this connection waits for other writers.
-    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), ProjectionError> {
-        self.busy_timeout = timeout;
-        self.conn.busy_timeout(timeout).map_err(|e| self.sql(e))
-    }
-
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -305,7 +309,7 @@ impl Projection {
 }
 
 /// Takes `projection.lock`, shared or exclusive, waiting up to `wait` for a holder of the
-/// other kind. `None` for an exclusive lock that is not free right now.
+/// other kind; `Busy` when it did not come free in time.
 fn hold_lock(runs: &RunsDir, exclusive: bool, wait: Duration) -> Result<File, ProjectionError> {
     let path = runs.root().join(PROJECTION_LOCK);
     let io = |source| ProjectionError::Io { path: path.clone(), source };

@@ -85,8 +85,9 @@ fn work(mut p: Projection, run_id: &str, rx: &Receiver<Msg>) -> Result<(), Strin
             if !behind {
                 return Ok(());
             }
-            // The last chance to leave the rows current: wait for other writers.
-            return match p.set_busy_timeout(BUSY_TIMEOUT).and_then(|()| p.sync_run(run_id)) {
+            // The last chance to leave the rows current (the thread waits for other
+            // writers as long as commands do; the run never waits for it).
+            return match p.sync_run(run_id) {
                 Ok(_) => Ok(()),
                 Err(e) => Err(first_error.unwrap_or_else(|| e.to_string())),
             };

@@ -144,7 +144,7 @@ impl Session {
         match self.spawn(idx, visit, attempt) {
             Ok(gated) => {
                 let pid = gated.pid;
-                self.reaper.watch(pid);
+                self.reaper.wake();
                 self.record(Event::StepStarted(StepStarted {
                     step: step_id,
                     visit,

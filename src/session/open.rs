@@ -18,7 +18,9 @@ use crate::journal::{
 use crate::projection::{LIVE_BUSY_TIMEOUT, Projection};
 use crate::report::{Reporter, Verbosity};
 use crate::state::{RunState, RunStatus, SNAPSHOT_FILE};
-use crate::store::{FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreError, create_run, load_run};
+use crate::store::{
+    FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreError, create_run, load_run_from,
+};
 
 /// Settings for a session, from the command line.
 #[derive(Clone, Debug)]
@@ -124,30 +126,22 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     let journal_path = dir.join(JOURNAL_FILE);
 
     // A run that already succeeded says so in its last event: no fold, no flow needed.
-    let (scan, last) = journal::last_record(&journal_path)?;
+    let (scan, last, bytes) = journal::last_record(&journal_path)?;
     let succeeded =
         |r: &Record| matches!(&r.event, Event::RunFinished(f) if f.outcome == RunOutcome::Succeeded);
     if scan.torn.is_none() && last.as_ref().is_some_and(succeeded) {
-        stop_strays(&dir, &report);
-        if let Ok(mut p) = Projection::open_with(runs, LIVE_BUSY_TIMEOUT)
-            && p.journal_bytes(run_id) != Some(scan.valid_len)
-        {
-            let _ = p.sync_run(run_id);
-        }
+        finished(runs, run_id, &dir, &report);
         return Ok(Resumed::Done);
     }
 
-    let loaded = load_run(&dir, true, u64::MAX)?;
+    let loaded = load_run_from(&dir, true, u64::MAX, Some(bytes))?;
     if let SnapshotUse::Ignored(why) = &loaded.snapshot {
         report.warn(&format!("{why}; folding the journal from the start instead"));
     }
+    // A run that still has work needs its flow: refused (changing nothing) before anything
+    // is repaired. A run that succeeded needs none.
     let done = loaded.state.status == RunStatus::Succeeded;
-    // A run that already succeeded needs nothing from its flow.
-    let (flow, flow_change) = match run_flow(&dir, &loaded.state, opts.accept_flow_change) {
-        Ok(found) => found,
-        Err(_) if done => return Ok(Resumed::Done),
-        Err(e) => return Err(e),
-    };
+    let plan = if done { None } else { Some(run_flow(&dir, &loaded.state, opts.accept_flow_change)?) };
     let repaired = match &loaded.torn {
         Some(torn) => {
             let kept_in = journal::repair_torn_tail(&journal_path, torn)?;
@@ -155,16 +149,22 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
         }
         None => None,
     };
-    let journal = JournalWriter::reopen(&journal_path, loaded.last_seq, &loaded.last_sum, loaded.valid_len)?;
+    let mut journal =
+        JournalWriter::reopen(&journal_path, loaded.last_seq, &loaded.last_sum, loaded.valid_len)?;
+    let Some((flow, flow_change)) = plan else {
+        // Succeeded, with a torn tail after it: record the repair.
+        if let Some(r) = repaired {
+            journal.stage(Event::JournalRepaired(r));
+            for record in journal.commit()? {
+                report.event(&record, &loaded.state);
+            }
+        }
+        finished(runs, run_id, &dir, &report);
+        return Ok(Resumed::Done);
+    };
     let mut session = Session::new(flow, dir, lock, journal, loaded.state, runs, report, opts.jobs)?;
     if let Some(r) = repaired {
         session.record(Event::JournalRepaired(r))?;
-    }
-    if done {
-        session.commit()?;
-        session.settle_projection();
-        stop_strays(&session.dir, &session.report);
-        return Ok(Resumed::Done);
     }
     session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
     if let Some(change) = flow_change {
@@ -176,6 +176,15 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     }
     session.interrupt_leftovers()?;
     Ok(Resumed::Ready(Box::new(session)))
+}
+
+/// The last acts of resuming a run that had already succeeded: stop what its dead runner
+/// left behind, and bring its rows up to date if they are behind.
+fn finished(runs: &RunsDir, run_id: &str, dir: &Path, report: &Reporter) {
+    stop_strays(dir, report);
+    if let Ok(mut p) = Projection::open_with(runs, LIVE_BUSY_TIMEOUT) {
+        let _ = p.sync_run_if_behind(run_id);
+    }
 }
 
 /// Stops processes a finished run left behind (its runner died before it could).

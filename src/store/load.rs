@@ -50,6 +50,17 @@ pub enum LoadError {
 /// covers replaces folding that prefix. `records` holds the parsed records with
 /// `seq > records_after` (pass `u64::MAX` when none are needed).
 pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Result<Loaded, LoadError> {
+    load_run_from(run_dir, use_snapshot, records_after, None)
+}
+
+/// Like [`load_run`], with the journal's bytes when the caller has already read them
+/// (under the run's lock, so nobody appended since).
+pub fn load_run_from(
+    run_dir: &Path,
+    use_snapshot: bool,
+    records_after: u64,
+    journal: Option<Vec<u8>>,
+) -> Result<Loaded, LoadError> {
     // The snapshot is read before the journal: it is written only after what it covers is
     // durable, so a journal read afterwards holds at least that much, even while a runner
     // is appending to both.
@@ -61,7 +72,7 @@ pub fn load_run(run_dir: &Path, use_snapshot: bool, records_after: u64) -> Resul
         (Ok(None), SnapshotFile::claimed(run_dir))
     };
     let verified = claimed.is_some() && use_snapshot;
-    let loaded = load(run_dir, snapshot, records_after)?;
+    let loaded = load(run_dir, snapshot, records_after, journal)?;
     // A torn tail is only ever made of events that were not yet durable; a snapshot that
     // covers more than the intact journal proves some durable lines were lost. (A trailer
     // read alone is verified before it counts, and only if it is still the same snapshot.)
@@ -88,9 +99,13 @@ fn load(
     run_dir: &Path,
     snapshot: Result<Option<SnapshotFile>, String>,
     records_after: u64,
+    journal: Option<Vec<u8>>,
 ) -> Result<Loaded, LoadError> {
     let path = run_dir.join(JOURNAL_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| JournalError::io(&path, e))?;
+    let bytes = match journal {
+        Some(bytes) => bytes,
+        None => std::fs::read(&path).map_err(|e| JournalError::io(&path, e))?,
+    };
     let fold_err = |err| LoadError::Fold { path: path.clone(), err };
 
     let mut snapshot_use = SnapshotUse::Absent;

@@ -7,7 +7,7 @@ mod lock;
 use std::path::{Path, PathBuf};
 
 pub use create::{CreatedRun, create_run};
-pub use load::{LoadError, Loaded, SnapshotUse, load_run};
+pub use load::{LoadError, Loaded, SnapshotUse, load_run, load_run_from};
 pub use lock::{RunLock, is_locked, live_lock_holders};
 
 use crate::journal::{JOURNAL_FILE, RunStarted};

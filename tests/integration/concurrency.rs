@@ -168,12 +168,20 @@ fn readers_never_mistake_a_live_run_for_a_damaged_one() {
                 let _ = env.run(&["-q", "resume", "--run-id", "l"]);
             }
         });
+        // Stops the resumer however this thread ends: a failed assertion must fail the
+        // test, not leave it waiting forever for the other thread.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         let until = std::time::Instant::now() + Duration::from_secs(3);
         while std::time::Instant::now() < until {
             env.run(&["verify", "--run-id", "l"]).code(0);
             env.run(&["-q", "rebuild-projection"]).code(0);
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
 

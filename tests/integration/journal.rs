@@ -135,9 +135,15 @@ fn an_edited_flow_copy_is_refused_unless_the_change_is_accepted() {
     let copy = env.run_dir(&id).join("flow.toml");
     let text = std::fs::read_to_string(&copy).expect("copy");
     std::fs::write(&copy, text.replace("test -f fixed", "true")).expect("edit");
+    // A torn tail too: the refusal must not repair it (or anything else) either.
+    let journal = env.run_dir(&id).join("journal.jsonl");
+    let mut torn = std::fs::read(&journal).expect("journal");
+    torn.extend_from_slice(b"{\"seq\":99,\"ts\":\"2");
+    std::fs::write(&journal, &torn).expect("tear");
     env.run(&["resume", "--run-id", &id])
         .code(2)
         .stderr_has("no longer matches the flow the run started with");
+    assert_eq!(std::fs::read(&journal).expect("journal"), torn, "a refused resume changed the journal");
     env.run(&["verify", "--run-id", &id]).code(1).stderr_has("edited since the run started");
     // Editing the original flow does not affect the run: resume uses its own copy.
     std::fs::write(&copy, &text).expect("restore");
@@ -154,6 +160,8 @@ fn an_edited_flow_copy_is_refused_unless_the_change_is_accepted() {
     env.run(&["resume", "--run-id", &id, "--accept-flow-change"])
         .code(0)
         .stderr_has("continuing with the edited flow");
+    let repairs = env.journal(&id).into_iter().filter(|e| e["type"] == "JournalRepaired").count();
+    assert_eq!(repairs, 1, "the torn tail is repaired by the resume that proceeds");
     let changes: Vec<_> = env.journal(&id).into_iter().filter(|e| e["type"] == "FlowChanged").collect();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0]["data"]["previous_hash"].as_str().map(str::len), Some(64));
@@ -169,4 +177,13 @@ fn an_already_succeeded_run_resumes_to_nothing_even_with_an_edited_flow_copy() {
     std::fs::write(env.run_dir("done").join("flow.toml"), "edited").expect("edit");
     env.run(&["resume", "--run-id", "done"]).code(0).stderr_has("already succeeded");
     assert_eq!(env.count("a.out"), 1);
+    // With a torn tail as well, the repair is still recorded (the flow is not needed).
+    let journal = env.run_dir("done").join("journal.jsonl");
+    let mut bytes = std::fs::read(&journal).expect("journal");
+    bytes.extend_from_slice(b"{\"seq\":9");
+    std::fs::write(&journal, bytes).expect("tear");
+    env.run(&["resume", "--run-id", "done"]).code(0).stderr_has("partly written line");
+    assert_eq!(env.events("done").last().map(String::as_str), Some("JournalRepaired"));
+    env.run(&["verify", "--run-id", "done"]).code(1).stderr_has("edited since the run started");
+    env.assert_rebuild_matches_live();
 }

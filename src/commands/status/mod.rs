@@ -107,7 +107,7 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
     }
     match &args.run_id {
         Some(id) => {
-            projection.sync_run(id)?;
+            projection.sync_run_if_behind(id)?;
             match &args.step {
                 Some(step) => step_detail(g, &projection, id, step),
                 None => run_detail(g, &runs, &projection, id),
