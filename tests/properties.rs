@@ -19,7 +19,7 @@ use runner::journal::{
     RunFinished, RunInterrupted, RunOutcome, RunResumed, RunStarted, Scan, Session, StepFailed,
     StepInterrupted, StepStarted, StepSucceeded, ZERO_SUM, scan_bytes, scan_bytes_with,
 };
-use runner::projection::{PROJECTION_FILE, Projection};
+use runner::projection::{Batch, PROJECTION_FILE, Projection};
 use runner::state::{RunState, RunStatus, StepStatus, write_snapshot};
 use runner::store::{RunsDir, SnapshotUse, load_run};
 
@@ -1465,14 +1465,31 @@ proptest! {
             })
             .collect();
 
-        // Several runners updating one projection, their commits interleaved.
+        // Several runners updating one projection, their commits interleaved; some commits
+        // are held back and merged with the next ones, as the projection thread does when
+        // it falls behind.
         let mut projection = Projection::open(&runs).expect("open projection");
+        let mut held: Vec<Option<Batch>> = vec![None; live.len()];
         let mut turns = schedule.iter();
         while live.iter().any(|r| !r.done()) {
             let pending: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done()).collect();
-            let pick = turns.next().map_or(pending[0], |i| pending[i.index(pending.len())]);
+            let turn = turns.next();
+            let pick = turn.map_or(pending[0], |i| pending[i.index(pending.len())]);
+            let hold = turn.is_some_and(|i| i.index(3) == 0);
             let (records, state, len) = live[pick].commit_batch();
-            projection.apply(state, &records, len).expect("live projection update");
+            let batch = Batch::of(state, &records, len);
+            let batch = match held[pick].take() {
+                Some(mut earlier) => {
+                    earlier.merge(batch);
+                    earlier
+                }
+                None => batch,
+            };
+            if hold && !live[pick].done() {
+                held[pick] = Some(batch);
+            } else {
+                projection.apply_batch(&batch).expect("live projection update");
+            }
         }
         let live_dump = projection.canonical_dump().expect("dump");
         let total: usize = live.iter().map(|r| r.records.len()).sum();

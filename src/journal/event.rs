@@ -88,6 +88,19 @@ impl Event {
         }
     }
 
+    /// The (visit, attempt) of its step the event begins or ends, if any. (`CallReturned`
+    /// names its frame instead, whose `CallPushed` carries the attempt.)
+    pub fn attempt(&self) -> Option<(u32, u32)> {
+        match self {
+            Event::StepStarted(e) => Some((e.visit, e.attempt)),
+            Event::StepSucceeded(e) => Some((e.visit, e.attempt)),
+            Event::StepFailed(e) => Some((e.visit, e.attempt)),
+            Event::StepInterrupted(e) => Some((e.visit, e.attempt)),
+            Event::CallPushed(e) => Some((e.visit, e.attempt)),
+            _ => None,
+        }
+    }
+
     /// Every step whose state the event changes: its step, and for a routing decision
     /// the steps it makes pending again.
     pub fn touched(&self) -> impl Iterator<Item = &str> {

@@ -1,10 +1,13 @@
 //! Rows derived from a run's folded state. The projection never interprets events itself:
 //! it mirrors `RunState`, so a live update and a rebuild produce the same rows.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, params};
 
 use crate::journal::{Event, Record};
-use crate::state::{Frame, RunState, StepState, StepStatus};
+use crate::state::{Attempt, Frame, Route, RunState, StepState, StepStatus};
 
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -238,11 +241,96 @@ pub fn upsert_run(conn: &Connection, r: &RunRow, journal_bytes: u64) -> rusqlite
     Ok(())
 }
 
-/// Writes the rows of the given steps (position, state) and their attempts.
-pub fn upsert_steps<'a>(
+/// The rows of one step: its `steps` row, and the attempts (with their outputs and
+/// handoffs) and routing decisions to write with it — all of them for a whole run, only
+/// the changed ones for a live commit.
+#[derive(Clone, Debug)]
+pub struct StepRows<'a> {
+    pos: usize,
+    id: String,
+    status: &'static str,
+    visit: u32,
+    attempts_total: usize,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    exit_code: Option<i32>,
+    duration_ms: Option<u64>,
+    reason: Option<String>,
+    message: Option<String>,
+    /// Borrowed when a whole run is written (a rebuild copies nothing), owned in a batch.
+    attempts: Cow<'a, [Attempt]>,
+    routes: Cow<'a, [Route]>,
+}
+
+impl<'a> StepRows<'a> {
+    /// Every row of step `pos`.
+    pub fn all(pos: usize, step: &'a StepState) -> StepRows<'a> {
+        StepRows::of(pos, step, Cow::Borrowed(&step.attempts), Cow::Borrowed(&step.routes))
+    }
+
+    /// The rows a commit changed: the attempts its events name and the routing decisions
+    /// it added; the rest of the step's history is not copied again.
+    fn changed(pos: usize, step: &StepState, keys: &[(u32, u32)], since_seq: u64) -> StepRows<'static> {
+        let attempts: Vec<Attempt> =
+            step.attempts.iter().filter(|a| keys.contains(&(a.visit, a.attempt))).cloned().collect();
+        let routes: Vec<Route> = step.routes.iter().filter(|r| r.seq >= since_seq).cloned().collect();
+        StepRows::of(pos, step, Cow::Owned(attempts), Cow::Owned(routes))
+    }
+
+    fn of<'b>(
+        pos: usize,
+        step: &StepState,
+        attempts: Cow<'b, [Attempt]>,
+        routes: Cow<'b, [Route]>,
+    ) -> StepRows<'b> {
+        let last = step.last_attempt();
+        // A skipped visit has no result of its own; its reason is the step's message.
+        let ran = last.filter(|_| step.status != StepStatus::Skipped);
+        let skipped = step.skip_reason.as_deref();
+        let message = skipped.or_else(|| last.and_then(|a| a.message.as_deref()));
+        let reason = if skipped.is_some() { Some("skipped") } else { last.and_then(|a| a.reason.as_deref()) };
+        // A router that could not route failed after a successful attempt.
+        let (reason, message) = match step.route().and_then(|d| d.failure.as_deref()) {
+            Some(f) if step.status == StepStatus::Failed => (Some("routing"), Some(f)),
+            _ => (reason, message),
+        };
+        StepRows {
+            pos,
+            id: step.id.clone(),
+            status: step.status.as_str(),
+            visit: step.visit,
+            attempts_total: step.attempts.len(),
+            started_at: step.attempts.first().and_then(|a| a.started_at.clone()),
+            finished_at: ran.and_then(|a| a.finished_at.clone()),
+            exit_code: ran.and_then(|a| a.exit_code),
+            duration_ms: ran.and_then(|a| a.duration_ms),
+            reason: reason.map(str::to_string),
+            message: message.map(str::to_string),
+            attempts,
+            routes,
+        }
+    }
+
+    /// Folds the rows of a later commit into these (same step).
+    fn merge(&mut self, later: StepRows<'a>) {
+        let mut attempts = std::mem::take(&mut self.attempts).into_owned();
+        for a in later.attempts.iter() {
+            match attempts.iter_mut().find(|x| (x.visit, x.attempt) == (a.visit, a.attempt)) {
+                Some(x) => *x = a.clone(),
+                None => attempts.push(a.clone()),
+            }
+        }
+        let mut routes = std::mem::take(&mut self.routes).into_owned();
+        routes.extend(later.routes.iter().cloned());
+        *self = StepRows { attempts: Cow::Owned(attempts), routes: Cow::Owned(routes), ..later };
+    }
+}
+
+/// Writes step rows, with their attempts, outputs, handoffs and routing decisions.
+pub fn upsert_steps<'a, 'b: 'a>(
     conn: &Connection,
     run_id: &str,
-    steps: impl Iterator<Item = (usize, &'a StepState)>,
+    steps: impl Iterator<Item = &'a StepRows<'b>>,
 ) -> rusqlite::Result<()> {
     let mut step_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO steps (run_id, step_id, position, status, visit, attempts, started_at,
@@ -268,33 +356,22 @@ pub fn upsert_steps<'a>(
             signal, reason, message, pid, started_at, finished_at, duration_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    for (pos, step) in steps {
-        let last = step.last_attempt();
-        // A skipped visit has no result of its own; its reason is the step's message.
-        let ran = last.filter(|_| step.status != StepStatus::Skipped);
-        let skipped = step.skip_reason.as_deref();
-        let message = skipped.or_else(|| last.and_then(|a| a.message.as_deref()));
-        let reason = if skipped.is_some() { Some("skipped") } else { last.and_then(|a| a.reason.as_deref()) };
-        // A router that could not route failed after a successful attempt.
-        let (reason, message) = match step.route().and_then(|d| d.failure.as_deref()) {
-            Some(f) if step.status == StepStatus::Failed => (Some("routing"), Some(f)),
-            _ => (reason, message),
-        };
+    for step in steps {
         step_stmt.execute(params![
             run_id,
             step.id,
-            pos as i64,
-            step.status.as_str(),
+            step.pos as i64,
+            step.status,
             step.visit,
-            step.attempts.len() as i64,
-            step.attempts.first().and_then(|a| a.started_at.as_deref()),
-            ran.and_then(|a| a.finished_at.as_deref()),
-            ran.and_then(|a| a.exit_code),
-            ran.and_then(|a| a.duration_ms).map(|d| d as i64),
-            reason,
-            message,
+            step.attempts_total as i64,
+            step.started_at,
+            step.finished_at,
+            step.exit_code,
+            step.duration_ms.map(|d| d as i64),
+            step.reason,
+            step.message,
         ])?;
-        for r in &step.routes {
+        for r in step.routes.iter() {
             let d = &r.decision;
             let list = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
             route_stmt.execute(params![
@@ -314,7 +391,7 @@ pub fn upsert_steps<'a>(
                 r.ts,
             ])?;
         }
-        for a in &step.attempts {
+        for a in step.attempts.iter() {
             attempt_stmt.execute(params![
                 run_id,
                 step.id,
@@ -357,8 +434,8 @@ pub fn upsert_steps<'a>(
 pub struct Batch {
     pub records: Vec<Record>,
     pub run: RunRow,
-    /// (position, state) of every step the records touched.
-    pub steps: Vec<(usize, StepState)>,
+    /// The rows of every step the records touched, by position.
+    pub steps: Vec<StepRows<'static>>,
     /// The frames a call event pushed or popped.
     pub frames: Vec<Frame>,
     pub journal_bytes: u64,
@@ -370,13 +447,25 @@ impl Batch {
         // Events about one step change that step's rows; starting or resuming a run may
         // change all of them; the other run-level events change none.
         let all = records.iter().any(|r| matches!(r.event, Event::RunStarted(_) | Event::RunResumed(_)));
-        let mut positions: Vec<usize> = if all {
-            (0..state.steps.len()).collect()
-        } else {
-            records.iter().flat_map(|r| r.event.touched()).filter_map(|s| state.step_pos(s)).collect()
-        };
-        positions.sort_unstable();
-        positions.dedup();
+        let mut touched: BTreeMap<usize, Vec<(u32, u32)>> = BTreeMap::new();
+        if all {
+            touched.extend((0..state.steps.len()).map(|i| (i, Vec::new())));
+        }
+        for r in records {
+            for pos in r.event.touched().filter_map(|s| state.step_pos(s)) {
+                touched.entry(pos).or_default();
+            }
+            let attempt = match &r.event {
+                Event::CallReturned(e) => {
+                    state.frames.get(e.frame as usize - 1).map(|f| (f.call.visit, f.call.attempt))
+                }
+                e => e.attempt(),
+            };
+            if let (Some(key), Some(pos)) = (attempt, r.event.step().and_then(|s| state.step_pos(s))) {
+                touched.entry(pos).or_default().push(key);
+            }
+        }
+        let since = records.first().map_or(0, |r| r.seq);
         let frames = records
             .iter()
             .filter_map(|r| match &r.event {
@@ -389,7 +478,10 @@ impl Batch {
         Batch {
             records: records.to_vec(),
             run: RunRow::of(state),
-            steps: positions.into_iter().map(|i| (i, state.steps[i].clone())).collect(),
+            steps: touched
+                .iter()
+                .map(|(&i, keys)| StepRows::changed(i, &state.steps[i], keys, since))
+                .collect(),
             frames,
             journal_bytes,
         }
@@ -401,10 +493,10 @@ impl Batch {
         self.run = later.run;
         self.journal_bytes = later.journal_bytes;
         self.frames.extend(later.frames);
-        for (pos, step) in later.steps {
-            match self.steps.binary_search_by_key(&pos, |(p, _)| *p) {
-                Ok(i) => self.steps[i].1 = step,
-                Err(i) => self.steps.insert(i, (pos, step)),
+        for step in later.steps {
+            match self.steps.binary_search_by_key(&step.pos, |s| s.pos) {
+                Ok(i) => self.steps[i].merge(step),
+                Err(i) => self.steps.insert(i, step),
             }
         }
     }
@@ -456,7 +548,8 @@ pub fn write_run(
     journal_bytes: u64,
 ) -> rusqlite::Result<()> {
     insert_events(conn, &state.run_id, records)?;
-    upsert_steps(conn, &state.run_id, state.steps.iter().enumerate())?;
+    let rows: Vec<StepRows> = state.steps.iter().enumerate().map(|(i, s)| StepRows::all(i, s)).collect();
+    upsert_steps(conn, &state.run_id, rows.iter())?;
     upsert_frames(conn, &state.run_id, state.frames.iter())?;
     upsert_run(conn, &RunRow::of(state), journal_bytes)
 }
