@@ -25,6 +25,10 @@ use runner::journal::{
 use runner::state::{RunState, SNAPSHOT_FILE, write_snapshot};
 use runner::store::{LoadError, SnapshotUse, load_run};
 
+#[path = "common/journal.rs"]
+mod common;
+use common::{line_checksum_ok, line_ranges, write_journal};
+
 const RUN_ID: &str = "faults-run";
 const STEPS: [&str; 5] = ["extract", "transform", "load", "report", "notify"];
 
@@ -175,21 +179,6 @@ fn torn_event() -> Event {
     })
 }
 
-/// Writes `events` through the real writer in group commits of `batch` and returns the
-/// committed records.
-fn write_journal(path: &Path, events: &[Event], batch: usize) -> Vec<Record> {
-    let mut w = JournalWriter::create(path).expect("create journal");
-    let mut out = Vec::new();
-    for chunk in events.chunks(batch) {
-        for e in chunk {
-            w.stage(e.clone());
-        }
-        out.extend(w.commit().expect("commit"));
-    }
-    assert_eq!(w.len(), std::fs::metadata(path).expect("stat").len());
-    out
-}
-
 /// Appends through `JournalWriter::reopen` and returns the committed records.
 fn append(path: &Path, s: &Scan, events: &[Event]) -> Vec<Record> {
     let mut w = JournalWriter::reopen(path, s.last_seq, &s.last_sum, s.valid_len).expect("reopen");
@@ -227,42 +216,15 @@ fn fixture() -> Fixture {
     let dir = tmp.path().join(RUN_ID);
     std::fs::create_dir(&dir).expect("mkdir");
     let journal = dir.join(JOURNAL_FILE);
-    let records = write_journal(&journal, &story(), 4);
+    let records = write_journal(&journal, &story(), &[4]);
     let bytes = std::fs::read(&journal).expect("read");
     Fixture { _tmp: tmp, dir, journal, records, bytes }
-}
-
-/// Byte ranges of the lines of `bytes`, each with its newline.
-fn line_ranges(bytes: &[u8]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' {
-            out.push(start..i + 1);
-            start = i + 1;
-        }
-    }
-    if start < bytes.len() {
-        out.push(start..bytes.len());
-    }
-    out
 }
 
 /// Position of the 32 hex digits of `sum` in a complete line (with its newline).
 fn sum_range(line: &[u8]) -> Range<usize> {
     let end = line.len() - 3; // `"}\n`
     end - 32..end
-}
-
-/// Recomputes a line's checksum the way the journal format defines it.
-fn line_checksum_ok(body: &[u8]) -> bool {
-    const SUM_PART: usize = 8 + 32 + 2; // `,"sum":"<32>"}`
-    if body.len() < SUM_PART {
-        return false;
-    }
-    let covered = &body[..body.len() - SUM_PART];
-    let sum = &body[body.len() - 34..body.len() - 2];
-    blake3::hash(covered).to_hex().as_bytes()[..32] == *sum
 }
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -558,7 +520,7 @@ fn every_bit_of_a_small_journal_is_checked() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join(JOURNAL_FILE);
     let events = &story()[..6];
-    let records = write_journal(&path, events, 2);
+    let records = write_journal(&path, events, &[2]);
     let bytes = std::fs::read(&path).expect("read");
     let lines = line_ranges(&bytes);
     for (i, range) in lines.iter().enumerate().take(lines.len() - 2) {
@@ -782,7 +744,7 @@ fn a_snapshot_is_used_only_for_the_journal_it_was_written_for() {
     write_snapshot(&f.dir, &at_k, &sum_at(&f.dir, k as u64)).expect("write snapshot");
     let other = f.dir.with_file_name("other.jsonl");
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let other_records = write_journal(&other, &story(), 7);
+    let other_records = write_journal(&other, &story(), &[7]);
     let other_bytes = std::fs::read(&other).expect("read");
     assert_eq!(other_bytes.len(), f.bytes.len(), "same events, same length");
     assert_ne!(other_bytes, f.bytes);

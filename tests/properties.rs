@@ -23,6 +23,10 @@ use runner::projection::{Batch, PROJECTION_FILE, Projection};
 use runner::state::{RunState, RunStatus, StepStatus, write_snapshot};
 use runner::store::{RunsDir, SnapshotUse, load_run};
 
+#[path = "common/journal.rs"]
+mod common;
+use common::{line_checksum_ok, write_journal};
+
 /// `cases` unless `PROPTEST_CASES` says otherwise.
 fn config(cases: u32) -> ProptestConfig {
     let mut c = ProptestConfig::default();
@@ -61,39 +65,6 @@ fn run_started(run_id: &str, steps: &[String]) -> Event {
         journal_format: runner::journal::JOURNAL_FORMAT,
         session: session(1),
     })
-}
-
-/// Writes `events` into `path` through the real writer, one group commit per batch size
-/// (cycling through `batches`), and returns the committed records.
-fn write_journal(path: &Path, events: &[Event], batches: &[usize]) -> Vec<Record> {
-    let mut w = JournalWriter::create(path).expect("create journal");
-    let mut out = Vec::new();
-    let mut at = 0;
-    let mut b = 0;
-    while at < events.len() {
-        let size = batches.get(b % batches.len().max(1)).copied().unwrap_or(1).max(1);
-        for e in &events[at..(at + size).min(events.len())] {
-            w.stage(e.clone());
-        }
-        out.extend(w.commit().expect("commit"));
-        at += size;
-        b += 1;
-    }
-    out
-}
-
-/// The checksum rule of the journal format (see `src/journal/mod.rs`), recomputed here:
-/// blake3 (first 16 bytes, hex) of the line up to `,"sum":"…"}`.
-fn line_checksum_ok(body: &[u8]) -> bool {
-    const SUM_PART: usize = 8 + 32 + 2;
-    if body.len() < SUM_PART || !body.ends_with(b"\"}") {
-        return false;
-    }
-    let covered = &body[..body.len() - SUM_PART];
-    if &body[body.len() - SUM_PART..body.len() - 34] != b",\"sum\":\"" {
-        return false;
-    }
-    blake3::hash(covered).to_hex().as_bytes()[..32] == body[body.len() - 34..body.len() - 2]
 }
 
 /// A real journal of 12 events, and how many of its lines the mutation tests start from.
@@ -162,14 +133,7 @@ fn reader_fixture() -> &'static ReaderFixture {
         ];
         let records = write_journal(&path, &events, &[3, 1, 2]);
         let full = std::fs::read(&path).expect("read journal");
-        let mut line_ranges = Vec::new();
-        let mut start_at = 0;
-        for (i, &b) in full.iter().enumerate() {
-            if b == b'\n' {
-                line_ranges.push(start_at..i + 1);
-                start_at = i + 1;
-            }
-        }
+        let line_ranges = common::line_ranges(&full);
         assert_eq!(line_ranges.len(), records.len());
         let base_len = line_ranges[BASE_LINES - 1].end;
         ReaderFixture { full, records, base_len, line_ranges }

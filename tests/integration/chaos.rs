@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use crate::util::*;
 
 /// ~50 steps: three parallel branches of sequences, joins, retries, and a step that fails
@@ -112,16 +110,6 @@ fn sigkill_soak_loses_nothing_and_repeats_nothing() {
         figures.executions,
         started.elapsed().as_secs_f64()
     );
-}
-
-/// SIGKILLs the runner unless it already finished; returns its exit code if it had.
-fn kill_or_finished(mut child: std::process::Child) -> Option<i32> {
-    if let Some(status) = child.try_wait().expect("wait") {
-        return status.code();
-    }
-    signal(child.id(), Signal::SIGKILL);
-    let _ = child.wait();
-    None
 }
 
 fn check_run(env: &Env, figures: &mut Figures) {

@@ -22,15 +22,8 @@ run = "echo c >> c.out"
 fn resume_completes_with_nothing_lost(env: &Env, runs: &Path) {
     let runs = runs.to_str().expect("utf8");
     env.run(&["--runs-dir", runs, "resume", "--run-id", "d"]).code(0);
-    let journal = std::fs::read_to_string(Path::new(runs).join("d/journal.jsonl")).expect("journal");
-    for step in ["a", "b", "c"] {
-        let lines: Vec<serde_json::Value> =
-            journal.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-        let count = |ty: &str| lines.iter().filter(|e| e["type"] == ty && e["data"]["step"] == step).count();
-        assert_eq!(count("StepSucceeded"), 1, "step {step}");
-        let ran = env.count(&format!("{step}.out"));
-        assert!(ran >= 1 && ran <= 1 + count("StepInterrupted"), "step {step} ran {ran} times");
-    }
+    let journal = journal_at(&Path::new(runs).join("d/journal.jsonl"));
+    assert_each_step_once(env, &journal, &["a", "b", "c"].map(String::from));
     env.run(&["--runs-dir", runs, "verify", "--run-id", "d"]).code(0);
 }
 
@@ -106,16 +99,7 @@ fn a_full_disk_stops_the_run_and_resume_recovers_after_space_is_freed() {
     let runs_arg = runs.to_str().expect("utf8");
     env.run(&["--runs-dir", runs_arg, "resume", "--run-id", "d"]).code(0);
     env.run(&["--runs-dir", runs_arg, "verify", "--run-id", "d"]).code(0);
-    let journal = std::fs::read_to_string(runs.join("d/journal.jsonl")).expect("journal");
-    let lines: Vec<serde_json::Value> =
-        journal.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-    for i in 0..40 {
-        let step = format!("s{i}");
-        let count =
-            |ty: &str| lines.iter().filter(|e| e["type"] == ty && e["data"]["step"] == step.as_str()).count();
-        assert_eq!(count("StepSucceeded"), 1, "step {step}");
-        let ran = env.count(&format!("{step}.out"));
-        assert!(ran >= 1 && ran <= 1 + count("StepInterrupted"), "step {step} ran {ran} times");
-    }
+    let steps: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    assert_each_step_once(&env, &journal_at(&runs.join("d/journal.jsonl")), &steps);
     drop(disk);
 }

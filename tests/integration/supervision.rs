@@ -126,7 +126,7 @@ fn repeated_sigkills_never_rerun_a_completed_step() {
         // What a cron line does: start the run, or resume it if it exists.
         let child = env.spawn(&["run", &flow, "--run-id", "k"]);
         std::thread::sleep(Duration::from_millis(20 + (round * 37 % 90) as u64));
-        match child_try_kill(child) {
+        match kill_or_finished(child) {
             Some(code) => {
                 assert_eq!(code, 0, "run finished with {code}");
                 break;
@@ -136,37 +136,10 @@ fn repeated_sigkills_never_rerun_a_completed_step() {
     }
     env.run(&["run", &flow, "--run-id", "k"]).code(0);
     assert!(kills > 0, "the test never managed to kill the runner");
-    let journal = env.journal("k");
-    for i in 0..12 {
-        let step = format!("s{i}");
-        let successes = journal
-            .iter()
-            .filter(|e| e["type"] == "StepSucceeded" && e["data"]["step"] == step.as_str())
-            .count();
-        assert_eq!(successes, 1, "step {step} succeeded {successes} times");
-        let interrupted = journal
-            .iter()
-            .filter(|e| e["type"] == "StepInterrupted" && e["data"]["step"] == step.as_str())
-            .count();
-        let ran = env.count(&format!("{step}.out"));
-        // Every execution was journaled first; one succeeded, the others were interrupted.
-        assert!(
-            ran >= 1 && ran <= 1 + interrupted,
-            "step {step} ran {ran} times with {interrupted} interruptions"
-        );
-    }
+    let steps: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    assert_each_step_once(&env, &env.journal("k"), &steps);
     env.run(&["verify", "--run-id", "k"]).code(0);
     env.assert_rebuild_matches_live();
-}
-
-/// SIGKILLs the runner if it still runs; returns its exit code if it had finished.
-fn child_try_kill(mut child: std::process::Child) -> Option<i32> {
-    if let Some(status) = child.try_wait().expect("wait") {
-        return status.code();
-    }
-    signal(child.id(), Signal::SIGKILL);
-    let _ = child.wait();
-    None
 }
 
 #[test]

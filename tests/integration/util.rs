@@ -141,11 +141,7 @@ impl Env {
 
     /// The journal of a run, one JSON value per line.
     pub fn journal(&self, id: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.run_dir(id).join("journal.jsonl"))
-            .expect("journal")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
-            .collect()
+        journal_at(&self.run_dir(id).join("journal.jsonl"))
     }
 
     /// Event types in order, with the step for step events: `StepStarted:build`.
@@ -210,6 +206,44 @@ pub fn finish(mut child: Child, limit: Duration) -> Run {
 /// Sends a signal to a process.
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal");
+}
+
+/// The journal at `path`, one JSON value per line.
+pub fn journal_at(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("journal")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+        .collect()
+}
+
+/// Each step succeeded exactly once, and its command (which appends a line to
+/// `<step>.out`) ran at least once and at most once more than it was interrupted: every
+/// execution was journaled before it ran, and none came after the step's success.
+#[track_caller]
+pub fn assert_each_step_once(env: &Env, journal: &[serde_json::Value], steps: &[String]) {
+    for step in steps {
+        let count = |ty: &str| {
+            journal.iter().filter(|e| e["type"] == ty && e["data"]["step"] == step.as_str()).count()
+        };
+        assert_eq!(count("StepSucceeded"), 1, "step {step} succeeded more or less than once");
+        let ran = env.count(&format!("{step}.out"));
+        let interrupted = count("StepInterrupted");
+        assert!(
+            ran >= 1 && ran <= 1 + interrupted,
+            "step {step} ran {ran} times with {interrupted} interruptions"
+        );
+    }
+}
+
+/// SIGKILLs the runner unless it already finished; returns its exit code if it had.
+pub fn kill_or_finished(mut child: Child) -> Option<i32> {
+    if let Some(status) = child.try_wait().expect("wait") {
+        return status.code();
+    }
+    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    None
 }
 
 /// Whether a process is alive and not a zombie (PID 1 here may be slow to reap).
