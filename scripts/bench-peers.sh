@@ -347,16 +347,6 @@ done
 # One repetition of one tool on one workload. SHAPE is chain or indep, N the step count, KEY
 # where the sample goes, DIR a fresh directory. Each validates what the tool left behind.
 
-# check_runner_run RUNS_DIR ID STEPS: the run's journal has 2*STEPS+2 events and ends succeeded.
-check_runner_run() {
-    local journal=$1/$2/journal.jsonl lines
-    [[ -f $journal ]] || { why="no journal at $journal"; return 1; }
-    lines=$(wc -l <"$journal")
-    ((lines == 2 * $3 + 2)) || { why="$journal has $lines events, expected $((2 * $3 + 2))"; return 1; }
-    tail -n 1 "$journal" | grep -q '"type":"RunFinished","data":{"outcome":"succeeded"' \
-        || { why="run $2 did not finish with outcome succeeded"; return 1; }
-}
-
 rep_runner() { # SHAPE N KEY DIR
     local shape=$1 n=$2 key=$3 dir=$4 id=bench jobs=()
     [[ $shape = indep ]] && jobs=(--jobs 2)
@@ -367,42 +357,35 @@ rep_runner() { # SHAPE N KEY DIR
     [[ $(head -n 1 "$out") = "$id" ]] || { broken "$key" "runner run did not print the run id"; return 1; }
     record "$key" "$elapsed_us"
 }
-rep_make() {
-    local shape=$1 n=$2 key=$3 dir=$4 jobs=()
-    [[ $shape = indep ]] && jobs=(-j2)
+# One repetition of a file-target tool: copy its definition of SHAPE-N (DEFS_EXT) into DIR
+# as FILE, run the tool there, and check that it made all N `s*` outputs.
+rep_tool() { # SHAPE N KEY DIR DEFS_EXT FILE TOOL ARGS...
+    local shape=$1 n=$2 key=$3 dir=$4 ext=$5 file=$6
+    shift 6
     mkdir -p "$dir"
-    cp "$defs/$shape-$n.mk" "$dir/Makefile"
-    timed "$key" "$dir" "$make_bin" "${jobs[@]}"
-    ((rc == 0)) || { broken "$key" "exit status $rc"; return 1; }
-    local c
-    c=$(count_files "$dir" s)
-    ((c == n)) || { broken "$key" "$c of $n targets made"; return 1; }
-    record "$key" "$elapsed_us"
-}
-rep_snakemake() {
-    local shape=$1 n=$2 key=$3 dir=$4 cores=1
-    [[ $shape = indep ]] && cores=2
-    mkdir -p "$dir"
-    cp "$defs/$shape-$n.smk" "$dir/Snakefile"
-    timed "$key" "$dir" "$snakemake_bin" --cores "$cores"
+    cp "$defs/$shape-$n.$ext" "$dir/$file"
+    timed "$key" "$dir" "$@"
     ((rc == 0)) || { broken "$key" "exit status $rc"; return 1; }
     local c
     c=$(count_files "$dir" s)
     ((c == n)) || { broken "$key" "$c of $n outputs made"; return 1; }
     record "$key" "$elapsed_us"
 }
+rep_make() {
+    local jobs=()
+    [[ $1 = indep ]] && jobs=(-j2)
+    rep_tool "$@" mk Makefile "$make_bin" "${jobs[@]}"
+}
+rep_snakemake() {
+    local cores=1
+    [[ $1 = indep ]] && cores=2
+    rep_tool "$@" smk Snakefile "$snakemake_bin" --cores "$cores"
+}
 doit_parallel=()  # set by the warm-up: (-n 2) or (-n 2 -P thread), or empty if neither works
 rep_doit() {
-    local shape=$1 n=$2 key=$3 dir=$4 par=()
-    [[ $shape = indep ]] && par=("${doit_parallel[@]}")
-    mkdir -p "$dir"
-    cp "$defs/$shape-$n.py" "$dir/dodo.py"
-    timed "$key" "$dir" "$doit_bin" "${par[@]}"
-    ((rc == 0)) || { broken "$key" "exit status $rc"; return 1; }
-    local c
-    c=$(count_files "$dir" s)
-    ((c == n)) || { broken "$key" "$c of $n targets made"; return 1; }
-    record "$key" "$elapsed_us"
+    local par=()
+    [[ $1 = indep ]] && par=("${doit_parallel[@]}")
+    rep_tool "$@" py dodo.py "$doit_bin" "${par[@]}"
 }
 rep_parallel() { # indep only
     local n=$2 key=$3 dir=$4

@@ -152,18 +152,13 @@ for ((i = 0; i < steps; i++)); do
     printf '[[steps]]\nid = "s%d"\nrun = "true"\n\n' "$i"
 done >"$chain"
 runs=$tmp/runs
-chain_lines=$((2 * steps + 2))
 
 # run_chain ID: one timed run of the chain, checked to have succeeded with every step.
 run_chain() {
     local id=$1
     timed --rss "run-$id" "$runner" -q --runs-dir "$runs" run --run-id "$id" "$chain"
     [[ $(head -n 1 "$tmp/run-$id.out") = "$id" ]] || die "runner run did not print the run id $id"
-    local journal=$runs/$id/journal.jsonl lines
-    lines=$(wc -l <"$journal")
-    ((lines == chain_lines)) || die "$journal has $lines events, expected $chain_lines"
-    tail -n 1 "$journal" | grep -q '"type":"RunFinished","data":{"outcome":"succeeded"' \
-        || die "run $id did not finish with outcome succeeded"
+    check_runner_run "$runs" "$id" "$steps" || die "$why"
 }
 
 shell_loop() {
@@ -196,8 +191,7 @@ for ((r = 1; r <= reps; r++)); do
     timed resume "$runner" -q --runs-dir "$runs" resume --run-id chain-1
     resume_us+=("$elapsed_us")
 done
-lines=$(wc -l <"$runs/chain-1/journal.jsonl")
-((lines == chain_lines)) || die "resuming a completed run changed its journal ($lines events)"
+check_runner_run "$runs" chain-1 "$steps" || die "resuming a completed run changed its journal: $why"
 
 # ---------------------------------------------------------------------------------------------
 # 3. rebuild-projection on a generated corpus.

@@ -150,7 +150,7 @@ pub enum Action {
 pub fn decide(flow: &Flow, state: &RunState, i: usize, failing: bool, settle: bool) -> Action {
     let step = &flow.steps[i];
     let st = &state.steps[i];
-    let handles_failure = step.cond.as_ref().is_some_and(|c| c.handles_failure());
+    let handles_failure = step.handles_failure;
     if !st.new_visit {
         // The visit was decided already: this is another attempt of it.
         let go = !failing || st.status == StepStatus::Retrying || handles_failure;
@@ -205,9 +205,7 @@ pub fn decide(flow: &Flow, state: &RunState, i: usize, failing: bool, settle: bo
 pub fn released(flow: &Flow, state: &RunState) -> Vec<usize> {
     let waiting = |i: usize| {
         let st = &state.steps[i];
-        st.new_visit
-            && st.status == StepStatus::Pending
-            && flow.steps[i].cond.as_ref().is_some_and(|c| c.handles_failure())
+        st.new_visit && st.status == StepStatus::Pending && flow.steps[i].handles_failure
     };
     (0..flow.steps.len())
         .filter(|&i| {

@@ -28,6 +28,18 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+# check_runner_run RUNS_DIR ID STEPS: a run of STEPS trivial steps has 2*STEPS+2 events
+# (start, then a start and a success per step, then the finish) and ended succeeded.
+# Otherwise returns 1 with the reason in $why.
+check_runner_run() {
+    local journal=$1/$2/journal.jsonl lines
+    [[ -f $journal ]] || { why="no journal at $journal"; return 1; }
+    lines=$(wc -l <"$journal")
+    ((lines == 2 * $3 + 2)) || { why="$journal has $lines events, expected $((2 * $3 + 2))"; return 1; }
+    tail -n 1 "$journal" | grep -q '"type":"RunFinished","data":{"outcome":"succeeded"' \
+        || { why="run $2 did not finish with outcome succeeded"; return 1; }
+}
 ms() { calc %.1f "$1 / 1000"; }
 
 # rss_setup: afterwards "${rss_prefix[@]}" FILE CMD... runs CMD and writes its peak RSS

@@ -67,6 +67,9 @@ pub struct Step {
     pub description: Option<String>,
     /// `if`: evaluated once per visit, when the step's needs are done.
     pub cond: Option<Expr>,
+    /// The `if` calls `always()`/`failure()` or reads a status: the step is still decided
+    /// when a need was skipped or failed (worked out once, not at every decision).
+    pub handles_failure: bool,
     /// Routing rules (`next`), tried in order after the step succeeds.
     pub next: Vec<Rule>,
     /// `max_visits` as written; a step on a loop must have it.
@@ -439,6 +442,7 @@ fn build_step(
         backoff,
         grace,
         description: raw.description,
+        handles_failure: cond.as_ref().is_some_and(Expr::handles_failure),
         cond,
         next: Vec::new(),
         max_visits,
