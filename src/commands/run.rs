@@ -29,26 +29,26 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     }
     let params = flow.resolve_params(&given)?;
     let workdir = std::env::current_dir().map_err(io_at("."))?;
+    let mut flow = flow;
     loop {
         let id = args.run_id.clone().unwrap_or_else(|| generate_run_id(&flow.name));
-        let started =
-            start_new(&runs, flow.clone(), &bytes, &args.flow, params.clone(), id.clone(), &workdir, &opts)?;
-        match started {
-            Some(session) => {
+        let steps = flow.steps.len();
+        match start_new(&runs, flow, &bytes, &args.flow, params.clone(), id.clone(), &workdir, &opts)? {
+            Ok(session) => {
                 // The id alone on stdout, first, so scripts can capture it: ID=$(runner run …)
                 let _ = writeln!(std::io::stdout(), "{id}");
                 if !g.quiet {
-                    note(&format!("run {id} started: {} ({} steps)", args.flow.display(), flow.steps.len()));
+                    note(&format!("run {id} started: {} ({steps} steps)", args.flow.display()));
                 }
                 return Ok(exit_for(session.drive()?));
             }
             // Someone else created it between our check and our create: it is theirs to run.
-            None if args.run_id.is_some() => {
-                same_run(&runs, &id, &flow, &given)?;
+            Err(back) if args.run_id.is_some() => {
+                same_run(&runs, &id, &back, &given)?;
                 return resume_run(g, &id, &opts);
             }
             // A generated id collided; take another.
-            None => continue,
+            Err(back) => flow = back,
         }
     }
 }

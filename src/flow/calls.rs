@@ -64,7 +64,8 @@ pub fn check_calls(flow: &Flow, workdir: &Path) -> Result<(), FlowError> {
 
 fn visit(flow: &Flow, workdir: &Path, stack: &mut Vec<PathBuf>) -> Result<(), FlowError> {
     for step in &flow.steps {
-        let calls: Vec<&Call> = step.call.iter().chain(step.on_failure.iter().map(|f| &f.call)).collect();
+        let calls: Vec<&Call> =
+            step.call.as_deref().into_iter().chain(step.on_failure.as_deref().map(|f| &f.call)).collect();
         for call in calls {
             let err = |message: String| {
                 FlowError::whole_file(

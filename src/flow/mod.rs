@@ -65,8 +65,9 @@ pub struct Step {
     pub backoff: Duration,
     pub grace: Duration,
     pub description: Option<String>,
-    /// `if`: evaluated once per visit, when the step's needs are done.
-    pub cond: Option<Expr>,
+    /// `if`: evaluated once per visit, when the step's needs are done. (Rare fields are
+    /// boxed: a 100,000-step flow pays a pointer per step for them, not their size.)
+    pub cond: Option<Box<Expr>>,
     /// The `if` calls `always()`/`failure()` or reads a status: the step is still decided
     /// when a need was skipped or failed (worked out once, not at every decision).
     pub handles_failure: bool,
@@ -79,8 +80,8 @@ pub struct Step {
     /// Steps that share a loop with this one (a backward route's cycle holds both).
     pub loop_mates: BTreeSet<usize>,
     /// `call`: the step runs another flow's steps instead of a command.
-    pub call: Option<Call>,
-    pub on_failure: Option<OnFailure>,
+    pub call: Option<Box<Call>>,
+    pub on_failure: Option<Box<OnFailure>>,
     /// For a step of a called flow: the prefix of its id (`caller/`) and its frame.
     pub scope: String,
     pub frame: Option<u32>,
@@ -443,13 +444,13 @@ fn build_step(
         grace,
         description: raw.description,
         handles_failure: cond.as_ref().is_some_and(Expr::handles_failure),
-        cond,
+        cond: cond.map(Box::new),
         next: Vec::new(),
         max_visits,
         dependents: Vec::new(),
         loop_mates: BTreeSet::new(),
-        call,
-        on_failure,
+        call: call.map(Box::new),
+        on_failure: on_failure.map(Box::new),
         scope: String::new(),
         frame: None,
     };

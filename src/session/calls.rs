@@ -63,7 +63,7 @@ impl Session {
     pub(super) fn start_call(&mut self, idx: usize, reason: CallReason) -> Result<(), SessionError> {
         let step = &self.flow.steps[idx];
         let st = &self.state.steps[idx];
-        let (call, then) = match (reason, &step.call, &step.on_failure) {
+        let (call, then) = match (reason, step.call.as_deref(), step.on_failure.as_deref()) {
             (CallReason::Call, Some(c), _) => (c.clone(), None),
             (CallReason::OnFailure, _, Some(f)) => (f.call.clone(), Some(f.then)),
             _ => return Ok(()),

@@ -76,7 +76,8 @@ fn session_info(jobs: usize) -> journal::Session {
     }
 }
 
-/// Creates and locks a new run. `None` if a run with this id already exists.
+/// Creates and locks a new run. If a run with this id already exists, the flow comes
+/// back (`Err`), so the caller can try another id without keeping a second copy of it.
 #[allow(clippy::too_many_arguments)]
 pub fn start_new(
     runs: &RunsDir,
@@ -87,7 +88,7 @@ pub fn start_new(
     run_id: String,
     workdir: &Path,
     opts: &SessionOptions,
-) -> Result<Option<Session>, OpenError> {
+) -> Result<Result<Session, Flow>, OpenError> {
     let started = RunStarted {
         run_id,
         flow: flow.name.clone(),
@@ -99,14 +100,14 @@ pub fn start_new(
         journal_format: JOURNAL_FORMAT,
         session: session_info(opts.jobs),
     };
-    let Some(created) = create_run(runs, flow_bytes, started)? else { return Ok(None) };
+    let Some(created) = create_run(runs, flow_bytes, started)? else { return Ok(Err(flow)) };
     let state = RunState::from_first(&created.first)
         .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
     let report = Reporter::new(opts.verbosity, &created.dir);
     let session =
         Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts.jobs)?;
     session.project(std::slice::from_ref(&created.first));
-    Ok(Some(session))
+    Ok(Ok(session))
 }
 
 /// A run taken over by this process.

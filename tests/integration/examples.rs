@@ -152,6 +152,15 @@ fn the_agent_pipeline_loops_once_then_publishes_every_agents_work() {
         .map(|r| (r["chosen"].as_str().unwrap_or("-"), r["rule"].as_u64().unwrap_or(99)))
         .collect();
     assert_eq!(chosen, [("developer", 0), ("publish", 1)]);
+    // The backward route names what it restarted, as the journal does.
+    assert_eq!(
+        json["routes"][0]["reset"],
+        serde_json::json!(["developer", "reviewer", "publish", "summary"])
+    );
+    assert_eq!(
+        (json["routes"][0]["attempt"].as_u64(), json["routes"][1]["reset"].as_array().map(Vec::len)),
+        (Some(1), Some(0))
+    );
     assert_eq!(json["handoffs"].as_array().map(Vec::len), Some(2));
 
     // The summary saw everyone's outputs.

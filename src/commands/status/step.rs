@@ -52,16 +52,19 @@ pub fn detail(conn: &Connection, run_id: &str, step: &str) -> Result<Value, rusq
         },
     )?);
     out["routes"] = json!(query(
-        "SELECT visit, routing_source, rule, chosen, candidate_count, candidates, candidate_set_path, failure
+        "SELECT visit, routing_source, rule, chosen, candidate_count, candidates, candidate_set_path, failure,
+                attempt, reset, seq, decided_at
          FROM routing_decisions WHERE run_id = ?1 AND step_id = ?2 ORDER BY seq",
         &|r| {
-            let candidates: Option<String> = r.get(5)?;
+            let list = |text: Option<String>| text.and_then(|c| serde_json::from_str::<Value>(&c).ok());
             Ok(json!({"visit": r.get::<_, i64>(0)?, "routing_source": r.get::<_, String>(1)?,
                 "rule": r.get::<_, Option<i64>>(2)?, "chosen": r.get::<_, Option<String>>(3)?,
                 "candidate_count": r.get::<_, i64>(4)?,
-                "candidates": candidates.and_then(|c| serde_json::from_str::<Value>(&c).ok()),
+                "candidates": list(r.get(5)?),
                 "candidate_set_path": r.get::<_, Option<String>>(6)?,
-                "failure": r.get::<_, Option<String>>(7)?}))
+                "failure": r.get::<_, Option<String>>(7)?, "attempt": r.get::<_, i64>(8)?,
+                "reset": list(r.get(9)?).unwrap_or_else(|| json!([])), "seq": r.get::<_, i64>(10)?,
+                "decided_at": r.get::<_, String>(11)?}))
         },
     )?);
     Ok(out)
