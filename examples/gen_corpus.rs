@@ -450,6 +450,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
             workdir: machine.workdir.clone(),
             steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
             journal_format: JOURNAL_FORMAT,
+            profile: None,
             session: Session {
                 pid: session_pid,
                 host: machine.host.clone(),

@@ -64,6 +64,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the output of a run's steps
     Logs(LogsArgs),
+    /// Approve a step that waits for approval (the run continues on its next resume)
+    Approve(DecideArgs),
+    /// Reject a step that waits for approval: it fails (or routes back, if it is a router)
+    Reject(DecideArgs),
     /// Check flow files without running anything
     Validate(ValidateArgs),
     /// Check a run's journal: every checksum, the chain, and the snapshot
@@ -85,6 +89,34 @@ pub struct RunArgs {
     /// How many steps may run at once (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+    /// Check gates with the thresholds of this profile ([profiles.NAME] in the flow)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Run every step, even those whose cached receipt matches
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The run whose step waits
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// The waiting step
+    #[arg(long, value_name = "STEP")]
+    pub step: String,
+    /// Who decides (default: the current user name); must be one of the step's approvers
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+    /// Why; kept in the journal
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Continue the run right away, as `runner resume` would
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume: how many steps may run at once (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "resume")]
+    pub jobs: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +135,9 @@ pub struct ResumeArgs {
     /// steps must stay the same. The change is recorded in the journal
     #[arg(long)]
     pub accept_flow_change: bool,
+    /// Run every step, even those whose cached receipt matches
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +148,9 @@ pub struct StatusArgs {
     /// Show one step of the run in detail: visits, attempts, outputs, handoff, routes
     #[arg(long, value_name = "STEP", requires = "run_id")]
     pub step: Option<String>,
+    /// List only runs with steps waiting for approval
+    #[arg(long, conflicts_with = "run_id")]
+    pub waiting: bool,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +213,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Resume(args) => commands::resume::resume(g, args),
         Command::Status(args) => commands::status::status(g, args),
         Command::Logs(args) => commands::logs::logs(g, args),
+        Command::Approve(args) => commands::approve::decide(g, args, crate::journal::Decision::Approved),
+        Command::Reject(args) => commands::approve::decide(g, args, crate::journal::Decision::Rejected),
         Command::Validate(args) => commands::validate::validate(g, args),
         Command::Verify(args) => commands::verify::verify(g, args),
         Command::RebuildProjection => commands::rebuild::rebuild(g),

@@ -46,7 +46,8 @@ impl Error {
                 OpenError::FlowEdited { .. }
                 | OpenError::StepsChanged { .. }
                 | OpenError::FlowInvalid { .. }
-                | OpenError::Frames { .. } => ExitCode::Usage,
+                | OpenError::Frames { .. }
+                | OpenError::Approval { .. } => ExitCode::Usage,
                 OpenError::Session(e) => session_code(e),
             },
             Error::Session(e) => session_code(e),

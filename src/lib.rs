@@ -12,6 +12,7 @@ pub mod executor;
 pub mod exit;
 pub mod expr;
 pub mod faults;
+pub mod fileset;
 pub mod flow;
 pub mod fsutil;
 pub mod journal;

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::journal::{Event, Record, RoutingSource, RunOutcome};
-use crate::state::RunState;
+use crate::journal::{Event, GateOutcome, Record, RoutingSource, RunOutcome};
+use crate::state::{RunState, StepStatus};
 use crate::store::{attempt_dir, visit_label};
 
 /// Lines of a failed step's log shown under the failure.
@@ -121,18 +121,76 @@ impl Reporter {
                 let took = elapsed(&state.started_at, &record.ts);
                 match e.outcome {
                     RunOutcome::Succeeded => self.line(&format!(
-                        "run {} succeeded: {} steps{}",
+                        "run {} succeeded: {} steps{}{}",
                         state.run_id,
                         state.steps.len(),
-                        took.map(|d| format!(" in {}", human(d))).unwrap_or_default()
+                        took.map(|d| format!(" in {}", human(d))).unwrap_or_default(),
+                        gate_warnings(state)
                     )),
-                    RunOutcome::Failed => self.line(&format!(
-                        "run {} failed: {} failed. Fix the cause, then run `runner resume --run-id {}`",
-                        state.run_id,
-                        plural_steps(&e.failed_steps),
-                        state.run_id
-                    )),
+                    RunOutcome::Failed => {
+                        let id = &state.run_id;
+                        let (rejected, failed): (Vec<String>, Vec<String>) =
+                            e.failed_steps.iter().cloned().partition(|s| {
+                                state.step(s).is_some_and(|st| st.status == StepStatus::Rejected)
+                            });
+                        let mut text = format!("run {id} failed:");
+                        if !failed.is_empty() {
+                            text.push_str(&format!(
+                                " {} failed. Fix the cause, then run `runner{} resume --run-id {id}`",
+                                plural_steps(&failed),
+                                self.runs_dir_arg()
+                            ));
+                        }
+                        if !rejected.is_empty() {
+                            text.push_str(&format!(
+                                " {} rejected. To run it after all: `runner{} approve --run-id {id} --step {} --resume`",
+                                plural_steps(&rejected),
+                                self.runs_dir_arg(),
+                                rejected[0]
+                            ));
+                        }
+                        self.line(&text);
+                    }
                 }
+            }
+            Event::ApprovalRequested(e) => {
+                let mut text = format!("{}: waiting for approval", visit_label(&e.step, e.visit));
+                if let Some(m) = &e.message {
+                    text.push_str(&format!(": {m}"));
+                }
+                if !e.approvers.is_empty() {
+                    text.push_str(&format!(" (approvers: {})", e.approvers.join(", ")));
+                }
+                self.line(&text);
+            }
+            Event::ApprovalDecided(e) if !quiet => {
+                let mut text = format!("{}: {} by {}", visit_label(&e.step, e.visit), e.decision.as_str(), e.by);
+                if let Some(c) = &e.comment {
+                    text.push_str(&format!(": {c}"));
+                }
+                self.line(&text);
+            }
+            Event::GateEvaluated(e) if e.outcome == GateOutcome::Warn => self.warn(&format!(
+                "{}: gate passed with a warning: `{}` is false, `{}` holds{}",
+                visit_label(&e.step, e.visit),
+                e.pass,
+                e.warn.as_deref().unwrap_or_default(),
+                gate_values(&e.values)
+            )),
+            Event::RunPaused(e) => {
+                let runs = self.runs_dir_arg();
+                let id = &state.run_id;
+                let mut text = format!(
+                    "run {id} paused: {} waiting for approval. Decide with:",
+                    plural_steps(&e.waiting)
+                );
+                for step in &e.waiting {
+                    text.push_str(&format!("\n    runner{runs} approve --run-id {id} --step {step} --resume"));
+                }
+                text.push_str(&format!(
+                    "\n  (or `reject`; without --resume, the next `runner{runs} resume --run-id {id}` continues)"
+                ));
+                self.line(&text);
             }
             Event::RunInterrupted(e) => self.line(&format!(
                 "run {} interrupted by {}; continue with `runner resume --run-id {}`",
@@ -140,6 +198,18 @@ impl Reporter {
             )),
             _ => {}
         }
+    }
+
+    /// ` --runs-dir DIR` when commands must name the runs directory to find this run.
+    fn runs_dir_arg(&self) -> String {
+        let Some(runs) = self.run_dir.parent() else { return String::new() };
+        let default = std::fs::canonicalize("runs").ok();
+        let here = std::fs::canonicalize(runs).ok();
+        if std::env::var_os("RUNNER_RUNS_DIR").is_some() || (default.is_some() && default == here) {
+            return String::new();
+        }
+        let shown = here.unwrap_or_else(|| runs.to_path_buf());
+        format!(" --runs-dir {}", shell_quote(&shown.to_string_lossy()))
     }
 
     /// Prints the last lines a failed attempt wrote (stderr, else stdout).
@@ -161,6 +231,42 @@ impl Reporter {
             return;
         }
     }
+}
+
+/// `; gate warnings: `a`, `b`` for the steps whose latest success passed its gate only
+/// with a warning; empty when none did.
+fn gate_warnings(state: &RunState) -> String {
+    let warned: Vec<String> = state
+        .steps
+        .iter()
+        .filter(|s| s.success().and_then(|a| a.gate.as_ref()).is_some_and(|g| g.outcome == GateOutcome::Warn))
+        .map(|s| format!("`{}`", s.id))
+        .collect();
+    if warned.is_empty() { String::new() } else { format!("; gate warnings: {}", warned.join(", ")) }
+}
+
+/// Quotes a word for a shell command line, only when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// ` (steps.test.outputs.coverage = 55, …)`, for messages about a gate.
+pub fn gate_values(values: &std::collections::BTreeMap<String, Option<String>>) -> String {
+    if values.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = values
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k} = {v:?}"),
+            None => format!("{k} = null"),
+        })
+        .collect();
+    format!(" ({})", shown.join(", "))
 }
 
 fn plural_steps(steps: &[String]) -> String {

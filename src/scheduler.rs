@@ -7,11 +7,11 @@
 //! step as a 10-step one. [`decide`] then says what to do with a candidate: start it, skip
 //! it (and why), or wait.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::expr;
 use crate::flow::Flow;
-use crate::journal::RunOutcome;
+use crate::journal::{GateOutcome, RunOutcome};
 use crate::state::{RunState, StepStatus};
 
 /// Ready steps of one run, maintained incrementally.
@@ -70,8 +70,7 @@ impl Scheduler {
                 self.refresh(d);
             }
         }
-        self.failed =
-            self.failed + usize::from(new == StepStatus::Failed) - usize::from(old == StepStatus::Failed);
+        self.failed = self.failed + usize::from(new.is_failure()) - usize::from(old.is_failure());
         self.refresh(i);
     }
 
@@ -225,6 +224,8 @@ struct Conditions<'a> {
     failing: bool,
     scope: &'a str,
     params: &'a std::collections::BTreeMap<String, String>,
+    /// A gate sees its own step's outputs before they are recorded: (id in scope, outputs).
+    own: Option<(&'a str, &'a BTreeMap<String, String>)>,
 }
 
 impl<'a> Conditions<'a> {
@@ -236,6 +237,7 @@ impl<'a> Conditions<'a> {
             failing,
             scope: &step.scope,
             params: frame.map_or(&state.params, |f| &f.call.params),
+            own: None,
         }
     }
 
@@ -254,6 +256,11 @@ impl expr::Context for Conditions<'_> {
     }
 
     fn output(&self, step: &str, key: &str) -> Option<String> {
+        if let Some((id, outputs)) = self.own
+            && id == step
+        {
+            return outputs.get(key).cloned();
+        }
         self.step(step)?.outputs()?.get(key).cloned()
     }
 
@@ -266,13 +273,48 @@ impl expr::Context for Conditions<'_> {
     }
 
     fn failure(&self) -> bool {
-        self.failing || self.state.count(StepStatus::Failed) > 0
+        self.failing || self.state.count(StepStatus::Failed) + self.state.count(StepStatus::Rejected) > 0
     }
 }
 
 /// Evaluates router `i`'s rule condition against the state.
 pub fn holds(flow: &Flow, cond: &expr::Expr, state: &RunState, i: usize) -> bool {
     cond.is_true(&Conditions::of(flow, state, i, false))
+}
+
+/// Step `i`'s gate on the outputs of the attempt that just succeeded: the verdict, and
+/// every value its conditions read, by the name they read it with.
+pub fn gate_verdict(
+    flow: &Flow,
+    state: &RunState,
+    i: usize,
+    gate: &crate::flow::Gate,
+    outputs: &BTreeMap<String, String>,
+) -> (GateOutcome, BTreeMap<String, Option<String>>) {
+    let step = &flow.steps[i];
+    let own_id = step.id.strip_prefix(step.scope.as_str()).unwrap_or(&step.id);
+    let ctx = Conditions { own: Some((own_id, outputs)), ..Conditions::of(flow, state, i, false) };
+    let outcome = if gate.pass.is_true(&ctx) {
+        GateOutcome::Pass
+    } else if gate.warn.as_ref().is_some_and(|w| w.is_true(&ctx)) {
+        GateOutcome::Warn
+    } else {
+        GateOutcome::Block
+    };
+    let mut values = BTreeMap::new();
+    for r in gate.pass.refs().into_iter().chain(gate.warn.iter().flat_map(|w| w.refs())) {
+        use expr::Context;
+        let (name, value) = match r {
+            expr::Ref::Param { name, .. } => (format!("params.{name}"), ctx.param(&name)),
+            expr::Ref::Output { step, key, .. } => {
+                let v = ctx.output(&step, &key);
+                (format!("steps.{step}.outputs.{key}"), v)
+            }
+            expr::Ref::Status { step, .. } => (format!("steps.{step}.status"), ctx.status(&step)),
+        };
+        values.insert(name, value);
+    }
+    (outcome, values)
 }
 
 /// The run's result once nothing runs and nothing can start.
@@ -282,7 +324,7 @@ pub fn outcome(state: &RunState) -> RunOutcome {
 
 /// Steps that failed for good, in flow order.
 pub fn failed_steps(state: &RunState) -> Vec<String> {
-    state.steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.id.clone()).collect()
+    state.steps.iter().filter(|s| s.status.is_failure()).map(|s| s.id.clone()).collect()
 }
 
 #[cfg(test)]
@@ -305,6 +347,7 @@ mod tests {
                 workdir: "/".into(),
                 steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
                 journal_format: 1,
+                profile: None,
                 session: Session {
                     pid: 1,
                     host: "h".into(),

@@ -105,6 +105,7 @@ fn story() -> Vec<Event> {
             steps: STEPS.iter().map(|s| s.to_string()).collect(),
             journal_format: runner::journal::JOURNAL_FORMAT,
             session: session(4242),
+            profile: None,
         }),
         started("extract", 1, 5000),
         failed("extract", 1, FailReason::Exit, "exited with code 1", Some(1000)),

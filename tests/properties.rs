@@ -64,6 +64,7 @@ fn run_started(run_id: &str, steps: &[String]) -> Event {
         steps: steps.to_vec(),
         journal_format: runner::journal::JOURNAL_FORMAT,
         session: session(1),
+        profile: None,
     })
 }
 
@@ -1171,7 +1172,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
         let c = c as usize;
         match run {
             RunStatus::Succeeded => break,
-            RunStatus::Failed | RunStatus::Interrupted => {
+            RunStatus::Failed | RunStatus::Interrupted | RunStatus::Waiting => {
                 resume(&mut events, &mut steps, &mut sessions, c.is_multiple_of(4));
                 run = RunStatus::Running;
                 continue;

@@ -1,5 +1,6 @@
 //! One module per subcommand; each parses nothing and prints what its users need.
 
+pub mod approve;
 pub mod logs;
 pub mod rebuild;
 pub mod resume;

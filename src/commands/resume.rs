@@ -18,6 +18,8 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
         accept_flow_change: args.accept_flow_change,
+        profile: None,
+        no_cache: args.no_cache,
     };
     resume_run(g, &id, &opts)
 }
@@ -53,5 +55,6 @@ pub fn exit_for(end: SessionEnd) -> ExitCode {
         SessionEnd::Failed(_) => ExitCode::Failed,
         SessionEnd::Interrupted(nix::sys::signal::Signal::SIGINT) => ExitCode::Interrupted,
         SessionEnd::Interrupted(_) => ExitCode::Terminated,
+        SessionEnd::Paused(_) => ExitCode::Paused,
     }
 }

@@ -18,12 +18,32 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     let flow = Flow::from_bytes(&args.flow, &bytes)?;
     crate::flow::check_calls(&flow, &std::env::current_dir().map_err(io_at("."))?)?;
     let given = parse_param_args(&args.params)?;
-    let opts = SessionOptions { jobs: jobs(args.jobs), verbosity: g.verbosity(), accept_flow_change: false };
+    if let Some(profile) = &args.profile
+        && !flow.profiles.contains_key(profile)
+    {
+        let known: Vec<&str> = flow.profiles.keys().map(String::as_str).collect();
+        return Err(Error::Usage(format!(
+            "{} has no profile `{profile}` ({})",
+            args.flow.display(),
+            if known.is_empty() {
+                "it defines none".to_string()
+            } else {
+                format!("it has {}", known.join(", "))
+            }
+        )));
+    }
+    let opts = SessionOptions {
+        jobs: jobs(args.jobs),
+        verbosity: g.verbosity(),
+        accept_flow_change: false,
+        profile: args.profile.clone(),
+        no_cache: args.no_cache,
+    };
     let runs = g.runs();
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;
         if runs.exists(id) {
-            same_run(&runs, id, &flow, &given)?;
+            same_run(&runs, id, &flow, &given, args.profile.as_deref())?;
             return resume_run(g, id, &opts);
         }
     }
@@ -44,7 +64,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
             }
             // Someone else created it between our check and our create: it is theirs to run.
             Err(back) if args.run_id.is_some() => {
-                same_run(&runs, &id, &back, &given)?;
+                same_run(&runs, &id, &back, &given, args.profile.as_deref())?;
                 return resume_run(g, &id, &opts);
             }
             // A generated id collided; take another.
@@ -54,10 +74,23 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
 }
 
 /// `runner run FLOW --run-id ID` on an existing run must mean the same run.
-fn same_run(runs: &RunsDir, id: &str, flow: &Flow, given: &[(String, String)]) -> Result<(), Error> {
+fn same_run(
+    runs: &RunsDir,
+    id: &str,
+    flow: &Flow,
+    given: &[(String, String)],
+    profile: Option<&str>,
+) -> Result<(), Error> {
     let Some((_, started)) = read_run_started(&runs.run_dir(id)) else {
         return Ok(()); // resume reports what is wrong with it
     };
+    if profile.is_some() && profile != started.profile.as_deref() {
+        return Err(Error::Usage(format!(
+            "run `{id}` exists with profile {}, not `{}`; a run's profile cannot change: choose another --run-id",
+            started.profile.as_deref().map_or("none".to_string(), |p| format!("`{p}`")),
+            profile.unwrap_or_default()
+        )));
+    }
     if started.flow != flow.name {
         return Err(Error::Usage(format!(
             "run `{id}` is a run of flow `{}`, not `{}`; choose another --run-id",

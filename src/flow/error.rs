@@ -78,6 +78,16 @@ pub enum FlowErrorKind {
     EnvName(String),
     #[error("environment variable `{0}` is set by the runner itself and cannot be overridden")]
     ReservedEnv(String),
+    #[error("step `{step}`: `{field}` is for a step that runs a command, not one that calls a flow")]
+    NotForCall { step: String, field: String },
+    #[error("invalid approver name {0:?}: use a user name (letters, digits, `.`, `_`, `-`, `@`)")]
+    Approver(String),
+    #[error("invalid path pattern in `{field}` ({pattern:?}): {reason}")]
+    Pattern { field: String, pattern: String, reason: String },
+    #[error("profile `{profile}` names unknown step `{step}`{hint}")]
+    ProfileStep { profile: String, step: String, hint: String },
+    #[error("invalid profile name `{0}`: use letters, digits, `_` or `-`")]
+    ProfileName(String),
 }
 
 /// A flow error with the file and, when known, the line and column it concerns.

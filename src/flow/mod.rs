@@ -43,6 +43,8 @@ pub struct Flow {
     pub steps: Vec<Step>,
     /// blake3 of the file's bytes, so a run can tell whether its copy was edited.
     pub hash: String,
+    /// Named sets of gates that replace steps' own gates (`runner run --profile NAME`).
+    pub profiles: BTreeMap<String, Vec<(usize, Gate)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +87,37 @@ pub struct Step {
     /// For a step of a called flow: the prefix of its id (`caller/`) and its frame.
     pub scope: String,
     pub frame: Option<u32>,
+    /// `approval`: a person must approve each visit before it runs.
+    pub approval: Option<Box<Approval>>,
+    /// `gate`: checked on the step's outputs after each successful attempt.
+    pub gate: Option<Box<Gate>>,
+    /// `inputs` and `outputs`: declared files, hashed into the step's receipt.
+    pub files: Option<Box<Files>>,
+    /// `cache`: reuse a matching successful receipt instead of running.
+    pub cache: bool,
+}
+
+/// Who must approve a step, and what they are told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Approval {
+    pub message: Option<String>,
+    /// Empty: anyone may decide.
+    pub approvers: Vec<String>,
+}
+
+/// A quality gate: `pass` lets the step succeed, else `warn` lets it succeed with a
+/// warning, else the step fails with reason `gate`.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub pass: Expr,
+    pub warn: Option<Expr>,
+}
+
+/// Globs relative to the working directory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Files {
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
 }
 
 /// A call of another flow.
@@ -212,6 +245,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     }
 
     let env = env_table(src, raw.env)?;
+    let defaults = Defaults::build(src, raw.defaults)?;
 
     if raw.steps.is_empty() {
         return Err(FlowError::whole_file(src.path, FlowErrorKind::NoSteps));
@@ -235,7 +269,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let mut rules = Vec::with_capacity(raw.steps.len());
     let scope = Scope { src, index: &index, params: &params };
     for (i, step) in raw.steps.into_iter().enumerate() {
-        let (step, spans, raw_rules) = build_step(&scope, i, step.into_inner())?;
+        let (step, spans, raw_rules) = build_step(&scope, &defaults, i, step.into_inner())?;
         steps.push(step);
         need_spans.push(spans);
         rules.push(raw_rules);
@@ -254,6 +288,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         }
     }
     routes::build(&scope, &mut steps, rules)?;
+    let profiles = build_profiles(&scope, raw.profiles)?;
 
     Ok(Flow {
         name: src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "flow".into()),
@@ -263,7 +298,91 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         env,
         steps,
         hash,
+        profiles,
     })
+}
+
+/// `[defaults]`, checked once.
+#[derive(Default)]
+struct Defaults {
+    cache: bool,
+    timeout: Option<Duration>,
+    retries: Option<(u32, Duration)>,
+    grace: Option<Duration>,
+}
+
+impl Defaults {
+    fn build(src: &Source, raw: Option<raw::RawDefaults>) -> Result<Defaults, FlowError> {
+        let Some(raw) = raw else { return Ok(Defaults::default()) };
+        Ok(Defaults {
+            cache: raw.cache.unwrap_or(false),
+            timeout: raw.timeout.map(|t| duration(src, "defaults.timeout", &t, false)).transpose()?,
+            retries: raw.retries.map(|r| retries(src, r)).transpose()?,
+            grace: raw.grace.map(|g| duration(src, "defaults.grace", &g, true)).transpose()?,
+        })
+    }
+}
+
+fn retries(src: &Source, r: raw::RawRetries) -> Result<(u32, Duration), FlowError> {
+    let backoff = match &r.backoff {
+        Some(b) => duration(src, "retries.backoff", b, true)?,
+        None => DEFAULT_BACKOFF,
+    };
+    Ok((r.attempts, backoff))
+}
+
+impl Scope<'_> {
+    fn gate(&self, raw: Spanned<raw::RawGate>) -> Result<Gate, FlowError> {
+        let raw = raw.into_inner();
+        Ok(Gate {
+            pass: self.condition("gate.pass", &raw.pass)?,
+            warn: raw.warn.as_ref().map(|w| self.condition("gate.warn", w)).transpose()?,
+        })
+    }
+}
+
+/// `[profiles.<name>.<step>]` tables, each a gate for that step.
+type RawProfiles = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<raw::RawGate>>>;
+
+fn build_profiles(
+    scope: &Scope,
+    raw: RawProfiles,
+) -> Result<BTreeMap<String, Vec<(usize, Gate)>>, FlowError> {
+    let mut out = BTreeMap::new();
+    for (name, gates) in raw {
+        if !valid_step_id(name.get_ref()) {
+            return Err(scope.src.error_at(name.span().start, FlowErrorKind::ProfileName(name.into_inner())));
+        }
+        let mut list = Vec::new();
+        for (step, gate) in gates {
+            let Some(&(i, _)) = scope.index.get(step.get_ref()) else {
+                let hint = hint(step.get_ref(), scope.index.keys());
+                return Err(scope.src.error_at(
+                    step.span().start,
+                    FlowErrorKind::ProfileStep {
+                        profile: name.get_ref().clone(),
+                        step: step.into_inner(),
+                        hint,
+                    },
+                ));
+            };
+            list.push((i, scope.gate(gate)?));
+        }
+        out.insert(name.into_inner(), list);
+    }
+    Ok(out)
+}
+
+impl Flow {
+    /// Puts profile `name`'s gates in place of the steps' own; the caller has checked that
+    /// the profile exists (`false` if it does not).
+    pub fn apply_profile(&mut self, name: &str) -> bool {
+        let Some(gates) = self.profiles.get(name) else { return false };
+        for (i, gate) in gates.clone() {
+            self.steps[i].gate = Some(Box::new(gate));
+        }
+        true
+    }
 }
 
 type NeedSpans = Vec<(usize, usize)>;
@@ -333,6 +452,7 @@ fn hint<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
 
 fn build_step(
     scope: &Scope,
+    defaults: &Defaults,
     i: usize,
     mut raw: RawStep,
 ) -> Result<(Step, NeedSpans, Vec<Spanned<RawRule>>), FlowError> {
@@ -405,21 +525,62 @@ fn build_step(
     }
     let timeout = match raw.timeout {
         Some(t) => Some(duration(src, "timeout", &t, false)?),
-        None => None,
+        None => defaults.timeout,
     };
     let grace = match raw.grace {
         Some(g) => duration(src, "grace", &g, true)?,
-        None => DEFAULT_GRACE,
+        None => defaults.grace.unwrap_or(DEFAULT_GRACE),
     };
     let (retries, backoff) = match raw.retries {
-        None => (0, DEFAULT_BACKOFF),
-        Some(r) => {
-            let backoff = match &r.backoff {
-                Some(b) => duration(src, "retries.backoff", b, true)?,
-                None => DEFAULT_BACKOFF,
-            };
-            (r.attempts, backoff)
+        None => defaults.retries.unwrap_or((0, DEFAULT_BACKOFF)),
+        Some(r) => self::retries(src, r)?,
+    };
+    let is_call = call.is_some();
+    let not_for_call = |field: &str| {
+        src.error_at(id_at, FlowErrorKind::NotForCall { step: id.clone(), field: field.into() })
+    };
+    let approval = match raw.approval {
+        Some(a) if a.required => {
+            for name in &a.approvers {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+                if !ok {
+                    return Err(src.error_at(id_at, FlowErrorKind::Approver(name.clone())));
+                }
+            }
+            Some(Box::new(Approval { message: a.message, approvers: a.approvers }))
         }
+        _ => None,
+    };
+    let gate = match raw.gate {
+        Some(_) if is_call => return Err(not_for_call("gate")),
+        Some(g) => Some(Box::new(scope.gate(g)?)),
+        None => None,
+    };
+    let patterns = |field: &str, list: Option<Vec<Spanned<String>>>| -> Result<Vec<String>, FlowError> {
+        let list = list.unwrap_or_default();
+        if is_call && !list.is_empty() {
+            return Err(not_for_call(field));
+        }
+        list.into_iter()
+            .map(|p| {
+                crate::fileset::check_pattern(p.get_ref()).map_err(|reason| {
+                    src.error_at(
+                        p.span().start,
+                        FlowErrorKind::Pattern { field: field.into(), pattern: p.get_ref().clone(), reason },
+                    )
+                })?;
+                Ok(p.into_inner())
+            })
+            .collect()
+    };
+    let files = Files { inputs: patterns("inputs", raw.inputs)?, outputs: patterns("outputs", raw.outputs)? };
+    let files = (files != Files::default()).then(|| Box::new(files));
+    let cache = match raw.cache {
+        Some(true) if is_call => return Err(not_for_call("cache")),
+        Some(c) => c,
+        None => defaults.cache && !is_call,
     };
     let cond = match &raw.cond {
         Some(c) => Some(scope.condition("if", c)?),
@@ -453,6 +614,10 @@ fn build_step(
         on_failure: on_failure.map(Box::new),
         scope: String::new(),
         frame: None,
+        approval,
+        gate,
+        files,
+        cache,
     };
     Ok((step, spans, raw.next.unwrap_or_default()))
 }

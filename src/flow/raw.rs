@@ -20,6 +20,69 @@ pub struct RawFlow {
     pub env: BTreeMap<Spanned<String>, Scalar>,
     #[serde(default)]
     pub steps: Vec<Spanned<RawStep>>,
+    pub defaults: Option<RawDefaults>,
+    /// `[profiles.<name>.<step>]`: gates that replace the step's own when the run is
+    /// started with `--profile <name>`.
+    #[serde(default)]
+    pub profiles: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<RawGate>>>,
+}
+
+/// `[defaults]`: values every step takes unless it sets its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub cache: Option<bool>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<RawRetries>,
+    pub grace: Option<Spanned<String>>,
+}
+
+/// `gate = { pass = "…", warn = "…" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub pass: Spanned<String>,
+    pub warn: Option<Spanned<String>>,
+}
+
+/// `approval = true` or `approval = { message = "…", approvers = ["alice"] }`.
+pub struct RawApproval {
+    pub required: bool,
+    pub message: Option<String>,
+    pub approvers: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for RawApproval {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawApproval;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, `false` or a table { message = \"…\", approvers = [\"name\", …] }")
+            }
+            fn visit_bool<E: de::Error>(self, required: bool) -> Result<RawApproval, E> {
+                Ok(RawApproval { required, message: None, approvers: Vec::new() })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawApproval, A::Error> {
+                let mut out = RawApproval { required: true, message: None, approvers: Vec::new() };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "required" => out.required = map.next_value()?,
+                        "message" => out.message = Some(map.next_value()?),
+                        "approvers" => out.approvers = map.next_value()?,
+                        other => {
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["required", "message", "approvers"],
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -49,6 +112,11 @@ pub struct RawStep {
     #[serde(default)]
     pub with: BTreeMap<Spanned<String>, Scalar>,
     pub on_failure: Option<RawOnFailure>,
+    pub approval: Option<RawApproval>,
+    pub gate: Option<Spanned<RawGate>>,
+    pub inputs: Option<Vec<Spanned<String>>>,
+    pub outputs: Option<Vec<Spanned<String>>>,
+    pub cache: Option<bool>,
 }
 
 /// `on_failure = { call = "flows/cleanup.toml", with = { … }, then = "retry" }`.

@@ -68,7 +68,15 @@ events! {
     CallPushed(CallPushed),
     /// Every step of a frame is done: the frame pops and its caller carries on.
     CallReturned(CallReturned),
+    /// A step is ready but needs a person's approval first; the run goes on without it.
+    ApprovalRequested(ApprovalRequested),
+    /// Someone approved or rejected a waiting step (`runner approve|reject`).
+    ApprovalDecided(ApprovalDecided),
+    /// A step's gate was checked on its outputs, before its result is recorded.
+    GateEvaluated(GateEvaluated),
     RunInterrupted(RunInterrupted),
+    /// Nothing else can move and steps wait for approval: the runner exits 3.
+    RunPaused(RunPaused),
     RunFinished(RunFinished),
 }
 
@@ -84,6 +92,9 @@ impl Event {
             Event::RoutingDecided(e) => Some(&e.step),
             Event::CallPushed(e) => Some(&e.step),
             Event::CallReturned(e) => Some(&e.step),
+            Event::ApprovalRequested(e) => Some(&e.step),
+            Event::ApprovalDecided(e) => Some(&e.step),
+            Event::GateEvaluated(e) => Some(&e.step),
             _ => None,
         }
     }
@@ -142,6 +153,9 @@ pub struct RunStarted {
     pub steps: Vec<String>,
     pub journal_format: u32,
     pub session: Session,
+    /// `--profile`: the gate profile the run uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,6 +293,10 @@ pub enum FailReason {
     Spawn,
     /// The command succeeded but what it left in `$RUNNER_OUTPUT` or `$RUNNER_HANDOFF` is invalid.
     Outputs,
+    /// The command succeeded but its outputs did not pass the step's gate.
+    Gate,
+    /// The command succeeded but a file it declared in `outputs` is missing.
+    MissingOutput,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -373,6 +391,88 @@ pub struct StepInterrupted {
     pub leftover_stopped: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequested {
+    pub step: String,
+    pub visit: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Who may decide; empty means anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecided {
+    pub step: String,
+    pub visit: u32,
+    pub decision: Decision,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOutcome {
+    Pass,
+    Warn,
+    Block,
+}
+
+impl GateOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateOutcome::Pass => "pass",
+            GateOutcome::Warn => "warn",
+            GateOutcome::Block => "block",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateEvaluated {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub outcome: GateOutcome,
+    /// The conditions as checked (a profile's, if the run has one).
+    pub pass: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Every value the conditions read, by the name they read it with
+    /// (`steps.test.outputs.coverage`); `null` when absent.
+    pub values: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPaused {
+    /// Steps waiting for approval, in flow order.
+    pub waiting: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

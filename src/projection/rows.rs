@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 
-use crate::journal::{Event, Record};
-use crate::state::{Attempt, Frame, Route, RunState, StepState, StepStatus};
+use crate::journal::{Event, GateOutcome, Record};
+use crate::state::{Approval, Attempt, Frame, Route, RunState, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -25,7 +25,9 @@ CREATE TABLE runs (
     steps_total     INTEGER NOT NULL,
     steps_succeeded INTEGER NOT NULL,
     steps_failed    INTEGER NOT NULL,
+    steps_waiting   INTEGER NOT NULL,
     sessions        INTEGER NOT NULL,
+    profile         TEXT,
     last_seq        INTEGER NOT NULL,
     last_event_at   TEXT NOT NULL,
     journal_bytes   INTEGER NOT NULL
@@ -111,6 +113,32 @@ CREATE TABLE frames (
     returned_at TEXT,
     PRIMARY KEY (run_id, frame)
 ) WITHOUT ROWID;
+CREATE TABLE approvals (
+    run_id       TEXT NOT NULL,
+    step_id      TEXT NOT NULL,
+    visit        INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    message      TEXT,
+    approvers    TEXT,
+    comment      TEXT,
+    decided_by   TEXT,
+    decided_at   TEXT,
+    requested_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE gates (
+    run_id  TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    visit   INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    pass    TEXT NOT NULL,
+    warn    TEXT,
+    profile TEXT,
+    seen    TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id, visit, attempt)
+) WITHOUT ROWID;
 CREATE TABLE events (
     run_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -131,6 +159,8 @@ CREATE INDEX runs_by_flow ON runs (flow, started_at);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS gates;
+DROP TABLE IF EXISTS approvals;
 DROP TABLE IF EXISTS frames;
 DROP TABLE IF EXISTS routing_decisions;
 DROP TABLE IF EXISTS handoffs;
@@ -150,6 +180,8 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("handoffs", "run_id, step_id, visit, attempt"),
     ("routing_decisions", "run_id, seq"),
     ("frames", "run_id, frame"),
+    ("approvals", "run_id, step_id, seq"),
+    ("gates", "run_id, step_id, visit, attempt"),
     ("events", "run_id, seq"),
 ];
 
@@ -178,7 +210,9 @@ pub struct RunRow {
     steps_total: i64,
     steps_succeeded: i64,
     steps_failed: i64,
+    steps_waiting: i64,
     sessions: u32,
+    profile: Option<String>,
     last_seq: i64,
     last_event_at: String,
 }
@@ -197,8 +231,10 @@ impl RunRow {
             workdir: s.workdir.clone(),
             steps_total: s.steps.len() as i64,
             steps_succeeded: s.count(StepStatus::Succeeded) as i64,
-            steps_failed: s.count(StepStatus::Failed) as i64,
+            steps_failed: (s.count(StepStatus::Failed) + s.count(StepStatus::Rejected)) as i64,
+            steps_waiting: s.count(StepStatus::Waiting) as i64,
             sessions: s.sessions,
+            profile: s.profile.clone(),
             last_seq: s.seq as i64,
             last_event_at: s.last_ts.clone(),
         }
@@ -216,9 +252,9 @@ impl RunRow {
 pub fn upsert_run(conn: &Connection, r: &RunRow, journal_bytes: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO runs (run_id, flow, flow_path, flow_hash, status, started_at,
-            finished_at, params, workdir, steps_total, steps_succeeded, steps_failed, sessions,
-            last_seq, last_event_at, journal_bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            finished_at, params, workdir, steps_total, steps_succeeded, steps_failed, steps_waiting,
+            sessions, profile, last_seq, last_event_at, journal_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         r.run_id,
@@ -233,7 +269,9 @@ pub fn upsert_run(conn: &Connection, r: &RunRow, journal_bytes: u64) -> rusqlite
         r.steps_total,
         r.steps_succeeded,
         r.steps_failed,
+        r.steps_waiting,
         r.sessions,
+        r.profile,
         r.last_seq,
         r.last_event_at,
         journal_bytes as i64,
@@ -260,12 +298,19 @@ pub struct StepRows<'a> {
     /// Borrowed when a whole run is written (a rebuild copies nothing), owned in a batch.
     attempts: Cow<'a, [Attempt]>,
     routes: Cow<'a, [Route]>,
+    approvals: Cow<'a, [Approval]>,
 }
 
 impl<'a> StepRows<'a> {
     /// Every row of step `pos`.
     pub fn all(pos: usize, step: &'a StepState) -> StepRows<'a> {
-        StepRows::of(pos, step, Cow::Borrowed(&step.attempts), Cow::Borrowed(&step.routes))
+        StepRows::of(
+            pos,
+            step,
+            Cow::Borrowed(&step.attempts),
+            Cow::Borrowed(&step.routes),
+            Cow::Borrowed(&step.approvals),
+        )
     }
 
     /// The rows a commit changed: the attempts its events name and the routing decisions
@@ -274,7 +319,9 @@ impl<'a> StepRows<'a> {
         let attempts: Vec<Attempt> =
             step.attempts.iter().filter(|a| keys.contains(&(a.visit, a.attempt))).cloned().collect();
         let routes: Vec<Route> = step.routes.iter().filter(|r| r.seq >= since_seq).cloned().collect();
-        StepRows::of(pos, step, Cow::Owned(attempts), Cow::Owned(routes))
+        // A decision changes the latest request; earlier ones are settled for good.
+        let approvals: Vec<Approval> = step.approvals.last().into_iter().cloned().collect();
+        StepRows::of(pos, step, Cow::Owned(attempts), Cow::Owned(routes), Cow::Owned(approvals))
     }
 
     fn of<'b>(
@@ -282,6 +329,7 @@ impl<'a> StepRows<'a> {
         step: &StepState,
         attempts: Cow<'b, [Attempt]>,
         routes: Cow<'b, [Route]>,
+        approvals: Cow<'b, [Approval]>,
     ) -> StepRows<'b> {
         let last = step.last_attempt();
         // A skipped visit has no result of its own; its reason is the step's message.
@@ -294,6 +342,34 @@ impl<'a> StepRows<'a> {
             Some(f) if step.status == StepStatus::Failed => (Some("routing"), Some(f)),
             _ => (reason, message),
         };
+        let (reason, message) = match (step.status, step.approvals.last(), step.success()) {
+            (StepStatus::Waiting, Some(a), _) => {
+                let mut text = "waiting for approval".to_string();
+                if let Some(m) = &a.message {
+                    text.push_str(&format!(": {m}"));
+                }
+                if !a.approvers.is_empty() {
+                    text.push_str(&format!(" (approvers: {})", a.approvers.join(", ")));
+                }
+                (Some("approval"), Some(Cow::Owned(text)))
+            }
+            (StepStatus::Rejected, Some(a), _) => {
+                let mut text = format!("rejected by {}", a.decided_by.as_deref().unwrap_or("?"));
+                if let Some(c) = &a.comment {
+                    text.push_str(&format!(": {c}"));
+                }
+                (Some("rejected"), Some(Cow::Owned(text)))
+            }
+            (StepStatus::Succeeded, _, Some(ok))
+                if ok.gate.as_ref().is_some_and(|g| g.outcome == GateOutcome::Warn) =>
+            {
+                let g = ok.gate.as_deref().map_or(String::new(), |g| {
+                    format!("gate warning: `{}` is false{}", g.pass, crate::report::gate_values(&g.values))
+                });
+                (Some("gate_warning"), Some(Cow::Owned(g)))
+            }
+            _ => (reason, message.map(Cow::Borrowed)),
+        };
         StepRows {
             pos,
             id: step.id.clone(),
@@ -305,9 +381,10 @@ impl<'a> StepRows<'a> {
             exit_code: ran.and_then(|a| a.exit_code),
             duration_ms: ran.and_then(|a| a.duration_ms),
             reason: reason.map(str::to_string),
-            message: message.map(str::to_string),
+            message: message.map(Cow::into_owned),
             attempts,
             routes,
+            approvals,
         }
     }
 
@@ -322,7 +399,19 @@ impl<'a> StepRows<'a> {
         }
         let mut routes = std::mem::take(&mut self.routes).into_owned();
         routes.extend(later.routes.iter().cloned());
-        *self = StepRows { attempts: Cow::Owned(attempts), routes: Cow::Owned(routes), ..later };
+        let mut approvals = std::mem::take(&mut self.approvals).into_owned();
+        for a in later.approvals.iter() {
+            match approvals.iter_mut().find(|x| x.seq == a.seq) {
+                Some(x) => *x = a.clone(),
+                None => approvals.push(a.clone()),
+            }
+        }
+        *self = StepRows {
+            attempts: Cow::Owned(attempts),
+            routes: Cow::Owned(routes),
+            approvals: Cow::Owned(approvals),
+            ..later
+        };
     }
 }
 
@@ -350,6 +439,15 @@ pub fn upsert_steps<'a, 'b: 'a>(
         "INSERT OR REPLACE INTO routing_decisions (run_id, seq, step_id, visit, attempt, routing_source,
             rule, chosen, candidate_count, candidates, candidate_set_path, reset, failure, decided_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    let mut approval_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO approvals (run_id, step_id, visit, seq, status, message, approvers,
+            comment, decided_by, decided_at, requested_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut gate_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO gates (run_id, step_id, visit, attempt, outcome, pass, warn, profile, seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut attempt_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, step_id, visit, attempt, status, exit_code,
@@ -391,7 +489,35 @@ pub fn upsert_steps<'a, 'b: 'a>(
                 r.ts,
             ])?;
         }
+        for a in step.approvals.iter() {
+            approval_stmt.execute(params![
+                run_id,
+                step.id,
+                a.visit,
+                a.seq as i64,
+                a.decision.map_or("requested", |d| d.as_str()),
+                a.message,
+                (!a.approvers.is_empty()).then(|| serde_json::to_string(&a.approvers).unwrap_or_default()),
+                a.comment,
+                a.decided_by,
+                a.decided_at,
+                a.requested_at,
+            ])?;
+        }
         for a in step.attempts.iter() {
+            if let Some(g) = &a.gate {
+                gate_stmt.execute(params![
+                    run_id,
+                    step.id,
+                    a.visit,
+                    a.attempt,
+                    g.outcome.as_str(),
+                    g.pass,
+                    g.warn,
+                    g.profile,
+                    serde_json::to_string(&g.values).unwrap_or_default(),
+                ])?;
+            }
             attempt_stmt.execute(params![
                 run_id,
                 step.id,
@@ -503,8 +629,18 @@ impl Batch {
 }
 
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
-    for table in ["events", "frames", "routing_decisions", "handoffs", "outputs", "attempts", "steps", "runs"]
-    {
+    for table in [
+        "events",
+        "gates",
+        "approvals",
+        "frames",
+        "routing_decisions",
+        "handoffs",
+        "outputs",
+        "attempts",
+        "steps",
+        "runs",
+    ] {
         conn.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id])?;
     }
     Ok(())

@@ -14,7 +14,8 @@ use nix::sys::signal::Signal;
 use super::{Session, SessionError};
 use crate::executor::{self, Exit, Gated, SpawnSpec};
 use crate::journal::{
-    Event, FailReason, InterruptReason, StepFailed, StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
+    ApprovalRequested, Decision, Event, FailReason, GateEvaluated, GateOutcome, InterruptReason, StepFailed,
+    StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
 };
 use crate::outputs;
 use crate::report::human;
@@ -136,6 +137,19 @@ impl Session {
     }
 
     fn start_attempt(&mut self, idx: usize) -> Result<(), SessionError> {
+        if let Some(approval) = &self.flow.steps[idx].approval {
+            let st = &self.state.steps[idx];
+            let visit = st.next_visit();
+            if st.approval(visit) != Some(Decision::Approved) {
+                let event = ApprovalRequested {
+                    step: st.id.clone(),
+                    visit,
+                    message: approval.message.clone(),
+                    approvers: approval.approvers.clone(),
+                };
+                return self.record(Event::ApprovalRequested(event));
+            }
+        }
         if self.flow.steps[idx].call.is_some() {
             return self.start_call(idx, crate::journal::CallReason::Call);
         }
@@ -272,10 +286,26 @@ impl Session {
             _ => None,
         };
         let (reason, exit_code, signal, message) = match (exit, left) {
-            (_, Some(Ok((outputs, handoff)))) => {
-                let ok = StepSucceeded { step: step_id, visit, attempt, duration_ms, outputs, handoff };
-                return self.record(Event::StepSucceeded(ok));
-            }
+            (_, Some(Ok((outputs, handoff)))) => match self.check_gate(r.step, visit, attempt, &outputs)? {
+                None => {
+                    let ok = StepSucceeded { step: step_id, visit, attempt, duration_ms, outputs, handoff };
+                    return self.record(Event::StepSucceeded(ok));
+                }
+                // A gate that blocks is a verdict on the result, not a flaky run: no retry.
+                Some(message) => {
+                    return self.record(Event::StepFailed(StepFailed {
+                        step: step_id,
+                        visit,
+                        attempt,
+                        reason: FailReason::Gate,
+                        exit_code: Some(0),
+                        signal: None,
+                        message,
+                        duration_ms,
+                        retry_in_ms: None,
+                    }));
+                }
+            },
             (_, Some(Err(message))) => (FailReason::Outputs, Some(0), None, message),
             _ if r.interrupted => {
                 return self.record(Event::StepInterrupted(StepInterrupted {
@@ -314,6 +344,38 @@ impl Session {
             retry_in_ms,
         });
         self.record(event)
+    }
+
+    /// Checks step `idx`'s gate, if it has one, and journals the verdict; `Some(message)`
+    /// when the gate blocks the step.
+    fn check_gate(
+        &mut self,
+        idx: usize,
+        visit: u32,
+        attempt: u32,
+        outputs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<String>, SessionError> {
+        let Some(gate) = self.flow.steps[idx].gate.as_deref() else { return Ok(None) };
+        let (outcome, values) = crate::scheduler::gate_verdict(&self.flow, &self.state, idx, gate, outputs);
+        let event = GateEvaluated {
+            step: self.flow.steps[idx].id.clone(),
+            visit,
+            attempt,
+            outcome,
+            pass: gate.pass.source().to_string(),
+            warn: gate.warn.as_ref().map(|w| w.source().to_string()),
+            profile: self.state.profile.clone(),
+            values,
+        };
+        let blocked = (outcome == GateOutcome::Block).then(|| {
+            format!(
+                "gate blocked the step: `{}` is false{}",
+                event.pass,
+                crate::report::gate_values(&event.values)
+            )
+        });
+        self.record(Event::GateEvaluated(event))?;
+        Ok(blocked)
     }
 
     /// What a successful attempt left for its successors: outputs and a handoff.

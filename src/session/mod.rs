@@ -6,6 +6,7 @@
 //! the projection; then wait for the next exit, signal or timer. Events are folded into
 //! the state as they are staged, but nothing acts on them until the commit returns.
 
+mod approvals;
 mod attempts;
 mod calls;
 mod env;
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
+pub use approvals::{Verdict, decide};
 pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
 use attempts::{Running, checked_after};
@@ -26,7 +28,9 @@ use attempts::{Running, checked_after};
 use crate::executor::{self, Exit, Gated, Reaper};
 use crate::faults;
 use crate::flow::Flow;
-use crate::journal::{Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome};
+use crate::journal::{
+    Event, JournalError, JournalWriter, Record, RunFinished, RunInterrupted, RunOutcome, RunPaused,
+};
 use crate::projection::{Batch, ProjectionWorker};
 use crate::report::Reporter;
 use crate::scheduler::{self, Scheduler};
@@ -43,6 +47,8 @@ pub enum SessionEnd {
     Succeeded,
     Failed(Vec<String>),
     Interrupted(Signal),
+    /// Steps wait for approval and nothing else can move.
+    Paused(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +109,8 @@ pub struct Session {
     /// Steps whose latest success left outputs: they reach later steps' environments.
     with_outputs: BTreeSet<usize>,
     upstream: env::UpstreamOutputs,
+    /// `--no-cache`: run every step even where a cached receipt matches.
+    no_cache: bool,
 }
 
 impl Session {
@@ -127,6 +135,12 @@ impl Session {
         })
         .map_err(SessionError::Setup)?;
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let mut flow = flow;
+        if let Some(profile) = &state.profile
+            && !flow.apply_profile(profile)
+        {
+            return Err(SessionError::Internal(format!("the run's profile `{profile}` is not in its flow")));
+        }
         let projection = match ProjectionWorker::start(runs.clone(), state.run_id.clone()) {
             Ok(worker) => Some(worker),
             Err(e) => {
@@ -151,6 +165,7 @@ impl Session {
             settle: false,
             with_outputs,
             upstream: env::UpstreamOutputs::default(),
+            no_cache: false,
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,
@@ -265,6 +280,19 @@ impl Session {
     fn finish(&mut self) -> Result<SessionEnd, SessionError> {
         let outcome = scheduler::outcome(&self.state);
         let failed_steps = scheduler::failed_steps(&self.state);
+        let waiting: Vec<String> = self
+            .state
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Waiting)
+            .map(|s| s.id.clone())
+            .collect();
+        if failed_steps.is_empty() && !waiting.is_empty() {
+            self.record(Event::RunPaused(RunPaused { waiting: waiting.clone() }))?;
+            self.commit()?;
+            self.end_session();
+            return Ok(SessionEnd::Paused(waiting));
+        }
         self.record(Event::RunFinished(RunFinished { outcome, failed_steps: failed_steps.clone() }))?;
         self.commit()?;
         self.end_session();

@@ -29,6 +29,10 @@ pub struct SessionOptions {
     pub verbosity: Verbosity,
     /// Continue with an edited copy of the flow (journaled as `FlowChanged`).
     pub accept_flow_change: bool,
+    /// Gate profile for a new run (a resumed run keeps the one it started with).
+    pub profile: Option<String>,
+    /// Run every step, even where a cached receipt matches.
+    pub no_cache: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,9 @@ pub enum OpenError {
     },
     #[error("run `{run_id}`: {why}")]
     Frames { run_id: String, why: String },
+    /// `approve`/`reject` cannot apply (no such step, not waiting, not an approver…).
+    #[error("run `{run_id}`: {why}")]
+    Approval { run_id: String, why: String },
     #[error(transparent)]
     Session(#[from] SessionError),
 }
@@ -99,6 +106,7 @@ pub fn start_new(
         steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
         journal_format: JOURNAL_FORMAT,
         session: session_info(opts.jobs),
+        profile: opts.profile.clone(),
     };
     let Some(created) = create_run(runs, flow_bytes, started)? else { return Ok(Err(flow)) };
     let state = RunState::from_first(&created.first)
@@ -120,11 +128,30 @@ pub enum Resumed {
 
 /// Locks an existing run and prepares it to continue.
 pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Result<Resumed, OpenError> {
+    match open_locked(runs, run_id, opts)? {
+        Opened::Done => Ok(Resumed::Done),
+        Opened::Ready(mut session, change) => {
+            session.take_over(opts.jobs, change)?;
+            Ok(Resumed::Ready(session))
+        }
+    }
+}
+
+/// A run locked by this process, not yet taken over.
+pub(super) enum Opened {
+    Done,
+    Ready(Box<Session>, Option<FlowChanged>),
+}
+
+/// Locks a run, repairs a torn tail and loads its state and flow, without resuming it:
+/// `approve` and `reject` record their decision on a run opened this way.
+pub(super) fn open_locked(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Result<Opened, OpenError> {
     let dir = runs.existing(run_id)?;
     let lock = RunLock::acquire(&dir, run_id)?;
     crate::fsutil::remove_stale_temps(&dir.join(SNAPSHOT_FILE));
     let report = Reporter::new(opts.verbosity, &dir);
     let journal_path = dir.join(JOURNAL_FILE);
+    let done = || Ok(Opened::Done);
 
     // A run that already succeeded says so in its last event: no fold, no flow needed.
     let (scan, last, bytes) = journal::last_record(&journal_path)?;
@@ -132,7 +159,7 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
         |r: &Record| matches!(&r.event, Event::RunFinished(f) if f.outcome == RunOutcome::Succeeded);
     if scan.torn.is_none() && last.as_ref().is_some_and(succeeded) {
         finished(runs, run_id, &dir, &report);
-        return Ok(Resumed::Done);
+        return done();
     }
 
     let loaded = load_run_from(&dir, true, u64::MAX, Some(bytes))?;
@@ -141,8 +168,9 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     }
     // A run that still has work needs its flow: refused (changing nothing) before anything
     // is repaired. A run that succeeded needs none.
-    let done = loaded.state.status == RunStatus::Succeeded;
-    let plan = if done { None } else { Some(run_flow(&dir, &loaded.state, opts.accept_flow_change)?) };
+    let succeeded_run = loaded.state.status == RunStatus::Succeeded;
+    let plan =
+        if succeeded_run { None } else { Some(run_flow(&dir, &loaded.state, opts.accept_flow_change)?) };
     let repaired = match &loaded.torn {
         Some(torn) => {
             let kept_in = journal::repair_torn_tail(&journal_path, torn)?;
@@ -161,22 +189,30 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
             }
         }
         finished(runs, run_id, &dir, &report);
-        return Ok(Resumed::Done);
+        return done();
     };
     let mut session = Session::new(flow, dir, lock, journal, loaded.state, runs, report, opts.jobs)?;
+    session.no_cache = opts.no_cache;
     if let Some(r) = repaired {
         session.record(Event::JournalRepaired(r))?;
     }
-    session.record(Event::RunResumed(RunResumed { session: session_info(opts.jobs) }))?;
-    if let Some(change) = flow_change {
-        session.report.warn(&format!(
-            "continuing with the edited flow {} (recorded in the journal)",
-            session.dir.join(FLOW_COPY).display()
-        ));
-        session.record(Event::FlowChanged(change))?;
+    Ok(Opened::Ready(Box::new(session), flow_change))
+}
+
+impl Session {
+    /// Makes this process the run's driver: journals the resume (and an accepted flow
+    /// change) and records the attempts the previous runner left in flight.
+    pub(super) fn take_over(&mut self, jobs: usize, change: Option<FlowChanged>) -> Result<(), SessionError> {
+        self.record(Event::RunResumed(RunResumed { session: session_info(jobs) }))?;
+        if let Some(change) = change {
+            self.report.warn(&format!(
+                "continuing with the edited flow {} (recorded in the journal)",
+                self.dir.join(FLOW_COPY).display()
+            ));
+            self.record(Event::FlowChanged(change))?;
+        }
+        self.interrupt_leftovers()
     }
-    session.interrupt_leftovers()?;
-    Ok(Resumed::Ready(Box::new(session)))
 }
 
 /// The last acts of resuming a run that had already succeeded: stop what its dead runner

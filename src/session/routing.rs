@@ -30,12 +30,21 @@ impl Session {
     }
 
     /// Journals router `i`'s decision; `false` if it must wait for running steps.
-    fn route(&mut self, i: usize) -> Result<bool, SessionError> {
+    ///
+    /// After a rejection (attempt 0: nothing ran) only backward rules whose `if` holds are
+    /// tried, to send the work back; when none does, the step stays rejected.
+    pub(super) fn route(&mut self, i: usize) -> Result<bool, SessionError> {
         let step = &self.flow.steps[i];
         let st = &self.state.steps[i];
-        let Some(last) = st.last_attempt() else { return Ok(true) };
-        let (visit, attempt) = (last.visit, last.attempt);
+        let rejected = st.status == StepStatus::Rejected;
+        let (visit, attempt) = match st.last_attempt() {
+            _ if rejected => (st.visit, 0),
+            Some(last) => (last.visit, last.attempt),
+            None => return Ok(true),
+        };
         let chosen = step.next.iter().enumerate().find_map(|(k, rule)| match &rule.cond {
+            _ if rejected && !rule.backward => None,
+            None if rejected => None,
             None => Some((k, rule, RoutingSource::Default)),
             Some(c) if scheduler::holds(&self.flow, c, &self.state, i) => {
                 Some((k, rule, RoutingSource::Rule))
@@ -56,6 +65,7 @@ impl Session {
             failure: None,
         };
         match chosen {
+            None if rejected => return Ok(true),
             None => {
                 decision.failure = Some(format!(
                     "no route from `{}`: no rule's `if` held and there is no default rule (one without `if`)",

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::Then;
 use crate::journal::{
-    CallPushed, CallReason, Event, FailReason, Handoff, InterruptReason, Record, RoutingDecided, RunOutcome,
+    CallPushed, CallReason, Decision, Event, FailReason, GateEvaluated, Handoff, InterruptReason, Record,
+    RoutingDecided, RunOutcome,
 };
 pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
@@ -22,6 +23,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Interrupted,
+    /// Paused: steps wait for approval and nothing else can move.
+    Waiting,
 }
 
 impl RunStatus {
@@ -31,6 +34,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Waiting => "waiting",
         }
     }
 }
@@ -55,6 +59,10 @@ pub enum StepStatus {
     Calling,
     /// Failed, and its `on_failure` said to continue: the steps after it go on.
     Continued,
+    /// Ready, but waiting for a person to approve this visit.
+    Waiting,
+    /// A person rejected this visit: a failure that lasts until someone approves it.
+    Rejected,
 }
 
 impl StepStatus {
@@ -69,12 +77,19 @@ impl StepStatus {
             StepStatus::Skipped => "skipped",
             StepStatus::Calling => "calling",
             StepStatus::Continued => "continued",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Rejected => "rejected",
         }
     }
 
     /// Finished in a way that lets the steps that need it go on.
     pub fn is_done(self) -> bool {
         matches!(self, StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Continued)
+    }
+
+    /// Failed for good in this session: holds the run back from new steps.
+    pub fn is_failure(self) -> bool {
+        matches!(self, StepStatus::Failed | StepStatus::Rejected)
     }
 }
 
@@ -120,6 +135,9 @@ pub struct Attempt {
     pub outputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Box<Handoff>>,
+    /// The gate's verdict on this attempt's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Box<GateEvaluated>>,
 }
 
 impl Attempt {
@@ -141,8 +159,26 @@ impl Attempt {
             duration_ms: None,
             outputs: BTreeMap::new(),
             handoff: None,
+            gate: None,
         }
     }
+}
+
+/// One approval request and its decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub visit: u32,
+    /// Sequence number of the request: a visit asked again after a rejection has two.
+    pub seq: u64,
+    pub requested_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    pub decision: Option<Decision>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    pub comment: Option<String>,
 }
 
 /// A call frame as the fold keeps it: the event that pushed it, and when it popped.
@@ -179,6 +215,9 @@ pub struct StepState {
     pub skip_reason: Option<String>,
     /// Every routing decision of this step, in journal order.
     pub routes: Vec<Route>,
+    /// Every approval request of this step, in journal order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
 }
 
 impl StepState {
@@ -194,6 +233,7 @@ impl StepState {
             new_visit: true,
             skip_reason: None,
             routes: Vec::new(),
+            approvals: Vec::new(),
         }
     }
 
@@ -228,6 +268,11 @@ impl StepState {
     pub fn route(&self) -> Option<&RoutingDecided> {
         let last = self.attempts.last()?;
         self.routes.last().map(|r| &r.decision).filter(|d| d.visit == last.visit && d.attempt == last.attempt)
+    }
+
+    /// The decision on visit `visit`, if its latest request has one.
+    pub fn approval(&self, visit: u32) -> Option<Decision> {
+        self.approvals.last().filter(|a| a.visit == visit).and_then(|a| a.decision)
     }
 
     /// Attempts made so far in the current visit.
@@ -272,6 +317,9 @@ pub struct RunState {
     pub steps: Vec<StepState>,
     /// Every call frame, in push order; open ones have no `returned_at`.
     pub frames: Vec<Frame>,
+    /// The gate profile chosen with `--profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Derived lookups, rebuilt after deserialising and ignored by equality.
     #[serde(skip)]
     index: Derived,
@@ -285,7 +333,7 @@ struct Derived {
     counts: [usize; STATUSES],
 }
 
-const STATUSES: usize = 9;
+const STATUSES: usize = 11;
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
@@ -330,6 +378,7 @@ impl RunState {
             last_ts: record.ts.clone(),
             steps,
             frames: Vec::new(),
+            profile: e.profile.clone(),
             index: Derived::default(),
         };
         state.reindex();
@@ -392,7 +441,8 @@ impl RunState {
                 for step in &mut self.steps {
                     step.session_attempts = 0;
                     step.retry_in_ms = None;
-                    // A resume gives failed steps a fresh start with a fresh retry budget.
+                    // A resume gives failed steps a fresh start with a fresh retry budget. A
+                    // rejection is a person's verdict: only their `approve` overturns it.
                     if matches!(step.status, StepStatus::Failed | StepStatus::Retrying) {
                         step.status = StepStatus::Pending;
                     }
@@ -498,9 +548,15 @@ impl RunState {
             Event::RoutingDecided(e) => {
                 let step = self.step_mut(record, &e.step)?;
                 let last = step.last_attempt().map(|a| (a.visit, a.attempt));
-                if step.status != StepStatus::Succeeded
-                    || last != Some((e.visit, e.attempt))
-                    || step.route().is_some()
+                // A router also decides after a rejection, with no attempt of its own (0).
+                let rejected = step.status == StepStatus::Rejected
+                    && e.attempt == 0
+                    && e.visit == step.visit
+                    && step.approval(e.visit) == Some(Decision::Rejected);
+                if !rejected
+                    && (step.status != StepStatus::Succeeded
+                        || last != Some((e.visit, e.attempt))
+                        || step.route().is_some())
                 {
                     return Err(fold_err(
                         record,
@@ -545,6 +601,71 @@ impl RunState {
                     (CallReason::OnFailure, Some(Then::Continue)) => step.status = StepStatus::Continued,
                     (CallReason::OnFailure, _) => step.status = StepStatus::Failed,
                 }
+            }
+            Event::ApprovalRequested(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                if matches!(
+                    step.status,
+                    StepStatus::Running | StepStatus::Succeeded | StepStatus::Calling | StepStatus::Waiting
+                ) {
+                    return Err(fold_err(
+                        record,
+                        &format!(
+                            "step `{}` cannot wait for approval: it is {}",
+                            e.step,
+                            step.status.as_str()
+                        ),
+                    ));
+                }
+                begin_activation(record, step, e.visit)?;
+                step.status = StepStatus::Waiting;
+                step.approvals.push(Approval {
+                    visit: e.visit,
+                    seq: record.seq,
+                    requested_at: ts.clone(),
+                    message: e.message.clone(),
+                    approvers: e.approvers.clone(),
+                    decision: None,
+                    decided_by: None,
+                    decided_at: None,
+                    comment: None,
+                });
+            }
+            Event::ApprovalDecided(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                let latest = step.approvals.last().filter(|a| a.visit == e.visit).map(|a| a.decision);
+                // A waiting step takes a decision; a rejected one can still be approved.
+                let open = match (step.status, latest) {
+                    (StepStatus::Waiting, Some(None)) => true,
+                    (StepStatus::Rejected, Some(Some(Decision::Rejected))) => {
+                        e.decision == Decision::Approved
+                    }
+                    _ => false,
+                };
+                if !open {
+                    return Err(fold_err(
+                        record,
+                        &format!("step `{}` visit {} is not waiting for approval", e.step, e.visit),
+                    ));
+                }
+                if let Some(a) = step.approvals.last_mut() {
+                    a.decision = Some(e.decision);
+                    a.decided_by = Some(e.by.clone());
+                    a.decided_at = Some(ts.clone());
+                    a.comment.clone_from(&e.comment);
+                }
+                step.status = match e.decision {
+                    Decision::Approved => StepStatus::Pending,
+                    Decision::Rejected => StepStatus::Rejected,
+                };
+            }
+            Event::GateEvaluated(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                running_attempt(record, step, e.attempt)?.gate = Some(Box::new(e.clone()));
+            }
+            Event::RunPaused(_) => {
+                self.status = RunStatus::Waiting;
+                self.finished_at = Some(ts.clone());
             }
             Event::RunInterrupted(e) => {
                 self.status = RunStatus::Interrupted;
@@ -642,6 +763,8 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::Timeout => "timeout",
         FailReason::Spawn => "spawn",
         FailReason::Outputs => "outputs",
+        FailReason::Gate => "gate",
+        FailReason::MissingOutput => "missing_output",
     }
 }
 
@@ -712,6 +835,7 @@ mod tests {
             steps: steps.iter().map(|s| s.to_string()).collect(),
             journal_format: 1,
             session: session(),
+            profile: None,
         })
     }
 

@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod disk;
 mod examples;
+mod gates;
 mod golden;
 mod inputs;
 mod journal;

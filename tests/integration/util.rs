@@ -20,6 +20,10 @@ pub struct Run {
 }
 
 impl Run {
+    pub fn from_output(out: Output) -> Run {
+        Run::from(out)
+    }
+
     fn from(out: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
         let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));

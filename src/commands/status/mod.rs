@@ -25,11 +25,15 @@ struct RunRow {
     steps_failed: i64,
     params: String,
     sessions: i64,
+    steps_waiting: i64,
+    profile: Option<String>,
     live: bool,
+    /// Steps waiting for approval, in flow order.
+    waiting: Vec<String>,
 }
 
 const RUN_COLUMNS: &str = "run_id, flow, status, started_at, finished_at, last_event_at, steps_total, \
-                           steps_succeeded, steps_failed, params, sessions";
+                           steps_succeeded, steps_failed, params, sessions, steps_waiting, profile";
 
 impl RunRow {
     fn from_row(r: &Row) -> rusqlite::Result<RunRow> {
@@ -45,13 +49,21 @@ impl RunRow {
             steps_failed: r.get(8)?,
             params: r.get(9)?,
             sessions: r.get(10)?,
+            steps_waiting: r.get(11)?,
+            profile: r.get(12)?,
             live: false,
+            waiting: Vec::new(),
         })
     }
 
-    /// The status to show: a "running" run whose runner holds no lock has crashed.
+    /// The status to show: a "running" run whose runner holds no lock has crashed; a paused
+    /// run whose approvals are all decided waits for a resume.
     fn shown_status(&self) -> &str {
-        if self.status == "running" && !self.live { "crashed" } else { &self.status }
+        match self.status.as_str() {
+            "running" if !self.live => "crashed",
+            "waiting" if self.steps_waiting == 0 => "paused",
+            s => s,
+        }
     }
 
     fn duration_ms(&self) -> Option<u64> {
@@ -76,6 +88,8 @@ impl RunRow {
             "steps_succeeded": self.steps_succeeded,
             "steps_failed": self.steps_failed,
             "sessions": self.sessions,
+            "profile": self.profile,
+            "waiting_for_approval": self.waiting,
             "params": serde_json::from_str::<serde_json::Value>(&self.params).unwrap_or_default(),
         })
     }
@@ -117,7 +131,7 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             for (id, why) in projection.catch_up()?.unreadable {
                 note(&format!("warning: run {id} is left out: {why}"));
             }
-            run_list(g, &runs, &projection)
+            run_list(g, &runs, &projection, args.waiting)
         }
     }
 }
@@ -146,16 +160,23 @@ fn sql(p: &Projection) -> impl Fn(rusqlite::Error) -> Error + '_ {
     |source| Error::Projection(ProjectionError::Sqlite { path: p.path().to_path_buf(), source })
 }
 
-fn run_list(g: &Global, runs: &RunsDir, p: &Projection) -> Result<ExitCode, Error> {
+fn run_list(g: &Global, runs: &RunsDir, p: &Projection, only_waiting: bool) -> Result<ExitCode, Error> {
     let holders = live_lock_holders();
+    let filter = if only_waiting { "WHERE steps_waiting > 0" } else { "" };
     let mut stmt = p
         .connection()
-        .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, run_id"))
+        .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY started_at, run_id"))
         .map_err(sql(p))?;
     let mut rows: Vec<RunRow> =
         stmt.query_map([], RunRow::from_row).map_err(sql(p))?.collect::<Result<_, _>>().map_err(sql(p))?;
     for r in &mut rows {
         r.live = is_locked(&runs.run_dir(&r.run_id), &holders);
+        if r.steps_waiting > 0 {
+            r.waiting = waiting_steps(p, &r.run_id)?;
+        }
+    }
+    if only_waiting && rows.is_empty() && !g.json {
+        return print("no run waits for approval");
     }
     if g.json {
         let list: Vec<_> = rows.iter().map(RunRow::to_json).collect();
@@ -171,10 +192,26 @@ fn run_list(g: &Global, runs: &RunsDir, p: &Projection) -> Result<ExitCode, Erro
                 local_time(&r.started_at),
                 r.duration_ms().map(human_ms).unwrap_or_default(),
                 format!("{}/{}", r.steps_succeeded, r.steps_total),
+                if r.waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!("approve: {}", r.waiting.join(", "))
+                },
             ]
         })
         .collect();
-    print(&table(&["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "STEPS"], &cells))
+    print(&table(&["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "STEPS", "WAITING"], &cells))
+}
+
+/// The steps of run `id` that wait for approval.
+fn waiting_steps(p: &Projection, id: &str) -> Result<Vec<String>, Error> {
+    let mut stmt = p
+        .connection()
+        .prepare_cached(
+            "SELECT step_id FROM steps WHERE run_id = ?1 AND status = 'waiting' ORDER BY position",
+        )
+        .map_err(sql(p))?;
+    stmt.query_map([id], |r| r.get(0)).map_err(sql(p))?.collect::<Result<_, _>>().map_err(sql(p))
 }
 
 fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<ExitCode, Error> {
@@ -185,6 +222,7 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         .map_err(sql(p))?
         .ok_or_else(|| Error::Usage(format!("run `{id}` is not in the projection")))?;
     run.live = is_locked(&runs.run_dir(id), &live_lock_holders());
+    run.waiting = waiting_steps(p, id)?;
     let mut stmt = conn
         .prepare(
             "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at, reason,
@@ -247,11 +285,16 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
     if run.params != "{}" {
         out.push_str(&format!("params:   {}\n", run.params));
     }
+    if let Some(profile) = &run.profile {
+        out.push_str(&format!("profile:  {profile}\n"));
+    }
     out.push('\n');
     let cells: Vec<Vec<String>> = steps
         .iter()
         .map(|s| {
-            let detail = if s.1 == "succeeded" { String::new() } else { s.5.clone().unwrap_or_default() };
+            let warned = s.8.as_deref() == Some("gate_warning");
+            let detail =
+                if s.1 == "succeeded" && !warned { String::new() } else { s.5.clone().unwrap_or_default() };
             vec![
                 visit_label(&s.0, s.9 as u32),
                 s.1.clone(),
@@ -284,7 +327,12 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         out.push_str(&stack.join("\n"));
         out.push('\n');
     }
-    if run.shown_status() != "succeeded" && !run.live {
+    for step in &run.waiting {
+        out.push_str(&format!("\napprove with: runner approve --run-id {id} --step {step} --resume"));
+    }
+    if !run.waiting.is_empty() {
+        out.push('\n');
+    } else if run.shown_status() != "succeeded" && !run.live {
         out.push_str(&format!("\ncontinue with: runner resume --run-id {id}\n"));
     }
     print(&out)

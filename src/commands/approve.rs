@@ -1,0 +1,57 @@
+//! `runner approve` and `runner reject`: a person's verdict on a step that waits.
+
+use crate::cli::{DecideArgs, Global, jobs};
+use crate::commands::resume::exit_for;
+use crate::error::Error;
+use crate::exit::ExitCode;
+use crate::journal::Decision;
+use crate::report::note;
+use crate::session::{SessionOptions, Verdict, decide as record};
+use crate::store::validate_run_id;
+
+pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCode, Error> {
+    validate_run_id(&args.run_id)?;
+    let by = match args.by {
+        Some(by) if by.trim().is_empty() => return Err(Error::Usage("--by must not be empty".into())),
+        Some(by) => by,
+        None => user_name()?,
+    };
+    let verdict = Verdict { step: args.step.clone(), decision, by: by.clone(), comment: args.comment };
+    let opts = SessionOptions {
+        jobs: jobs(args.jobs),
+        verbosity: g.verbosity(),
+        accept_flow_change: false,
+        profile: None,
+        no_cache: false,
+    };
+    let mut session = record(&g.runs(), &args.run_id, &verdict, &opts)?;
+    let id = &args.run_id;
+    if !g.quiet {
+        note(&format!("step `{}` of run {id} {} by {by}", args.step, decision.as_str()));
+    }
+    if args.resume {
+        session.take_over_now(opts.jobs)?;
+        return Ok(exit_for(session.drive()?));
+    }
+    session.close();
+    if !g.quiet {
+        note(&format!("continue the run with `runner resume --run-id {id}` (or its next cron run)"));
+    }
+    Ok(ExitCode::Success)
+}
+
+/// Who is deciding when `--by` is not given: `$USER`, `$LOGNAME`, else the account name.
+fn user_name() -> Result<String, Error> {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.trim().is_empty()
+        {
+            return Ok(name);
+        }
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| Error::Usage("cannot tell who you are: give --by NAME".into()))
+}
