@@ -218,7 +218,7 @@ enum Ending {
     Succeeded,
     /// `StepStarted` then `StepFailed` (exit code, signal or timeout).
     Failed,
-    /// A lone `StepFailed { reason: spawn }`: the command could not be started.
+    /// A lone `StepFailed { reason: spawn, receipt: None }`: the command could not be started.
     SpawnFailed,
 }
 
@@ -493,6 +493,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
                     message: format!("cannot start the command: {}", rng.pick(SPAWN_ERRORS)),
                     duration_ms: 0,
                     retry_in_ms,
+                    receipt: None,
                 }))?;
                 continue;
             }
@@ -507,6 +508,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
                 attempt,
                 pid,
                 proc_start: ticks,
+                cache: None,
             }))?;
             let mut duration_ms = rng.duration_ms();
             let event = if ending == Ending::Succeeded {
@@ -517,6 +519,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
                     duration_ms,
                     outputs: Default::default(),
                     handoff: None,
+                    receipt: None,
                 })
             } else {
                 totals.failed_attempts += 1;
@@ -550,6 +553,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
                     message,
                     duration_ms,
                     retry_in_ms,
+                    receipt: None,
                 })
             };
             ticks += duration_ms / 10;

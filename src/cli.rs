@@ -72,6 +72,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Check a run's journal: every checksum, the chain, and the snapshot
     Verify(VerifyArgs),
+    /// Say why a step ran instead of being taken from the cache (what changed since)
+    Explain(ExplainArgs),
     /// Drop the SQLite projection and rebuild it from every run's journal
     RebuildProjection,
 }
@@ -179,6 +181,20 @@ pub struct ValidateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    #[arg(long, value_name = "STEP")]
+    pub step: String,
+    /// Of this visit of a step that a loop ran more than once (default: the latest)
+    #[arg(long, value_name = "N")]
+    pub visit: Option<u32>,
+    /// This attempt (default: the latest)
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[arg(long, value_name = "ID")]
     pub run_id: String,
@@ -217,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Reject(args) => commands::approve::decide(g, args, crate::journal::Decision::Rejected),
         Command::Validate(args) => commands::validate::validate(g, args),
         Command::Verify(args) => commands::verify::verify(g, args),
+        Command::Explain(args) => commands::explain::explain(g, args),
         Command::RebuildProjection => commands::rebuild::rebuild(g),
     }
 }

@@ -54,6 +54,26 @@ pub fn write_durable(path: &Path, fault: &str, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, fault, |out| out.write_all(bytes))
 }
 
+/// Replaces `path` atomically (temp file, rename) without waiting for the disk: a process
+/// crash leaves the old or the new content, never a mix; only a power cut can lose it. For
+/// files whose loss costs work but no truth (the journal holds that), where an fsync per
+/// step would double the cost of a step.
+pub fn write_replace(path: &Path, fault: &str, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| {
+        crate::faults::reached(&format!("{fault}-written"));
+        std::fs::rename(&tmp, path)?;
+        crate::faults::reached(&format!("{fault}-renamed"));
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Removes temp files left by an interrupted [`write_atomic`] of `path`.
 pub fn remove_stale_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod journal;
 pub mod outputs;
 pub mod projection;
+pub mod receipt;
 pub mod report;
 pub mod scheduler;
 pub mod session;

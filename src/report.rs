@@ -68,6 +68,14 @@ impl Reporter {
                     human_ms(e.duration_ms)
                 ));
             }
+            Event::StepCached(e) if !quiet => {
+                self.line(&format!(
+                    "{}: cached (reused the receipt of {} in run {})",
+                    visit_label(&e.step, e.visit),
+                    visit_label(&e.from.step, e.from.visit),
+                    e.from.run_id
+                ));
+            }
             Event::CallPushed(e) if !quiet => {
                 let why = match e.reason {
                     crate::journal::CallReason::Call => "calls",

@@ -47,7 +47,14 @@ fn session(pid: u32) -> Session {
 }
 
 fn started(step: &str, attempt: u32, pid: i32) -> Event {
-    Event::StepStarted(StepStarted { step: step.into(), visit: 1, attempt, pid, proc_start: 106_551 })
+    Event::StepStarted(StepStarted {
+        step: step.into(),
+        visit: 1,
+        attempt,
+        pid,
+        proc_start: 106_551,
+        cache: None,
+    })
 }
 
 fn succeeded(step: &str, attempt: u32, duration_ms: u64) -> Event {
@@ -58,6 +65,7 @@ fn succeeded(step: &str, attempt: u32, duration_ms: u64) -> Event {
         duration_ms,
         outputs: Default::default(),
         handoff: None,
+        receipt: None,
     })
 }
 
@@ -72,6 +80,7 @@ fn failed(step: &str, attempt: u32, reason: FailReason, message: &str, retry_in_
         message: message.into(),
         duration_ms: 1234,
         retry_in_ms,
+        receipt: None,
     })
 }
 
@@ -141,6 +150,7 @@ fn story() -> Vec<Event> {
             message: long_message(),
             duration_ms: 987_654_321,
             retry_in_ms: Some(2000),
+            receipt: None,
         }),
         started("transform", 3, 5005),
         succeeded("transform", 3, 44),

@@ -100,6 +100,7 @@ fn reader_fixture() -> &'static ReaderFixture {
                 message: long,
                 duration_ms: 12,
                 retry_in_ms: Some(1000),
+                receipt: None,
             }),
             start("a", 2),
             Event::StepSucceeded(StepSucceeded {
@@ -109,6 +110,7 @@ fn reader_fixture() -> &'static ReaderFixture {
                 duration_ms: 4,
                 outputs: Default::default(),
                 handoff: None,
+                receipt: None,
             }),
             start("b", 1),
             Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into() }),
@@ -129,6 +131,7 @@ fn reader_fixture() -> &'static ReaderFixture {
                 duration_ms: 9,
                 outputs: Default::default(),
                 handoff: None,
+                receipt: None,
             }),
             Event::RunFinished(RunFinished { outcome: RunOutcome::Succeeded, failed_steps: vec![] }),
         ];
@@ -148,6 +151,7 @@ fn start(step: &str, attempt: u32) -> Event {
         attempt,
         pid: 4000 + attempt as i32,
         proc_start: 77,
+        cache: None,
     })
 }
 
@@ -1204,6 +1208,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     attempt: attempts[i],
                     pid: 10_000 + events.len() as i32,
                     proc_start: 5_000 + events.len() as u64,
+                    cache: c.is_multiple_of(5).then(|| "miss".to_string()),
                 }));
                 steps[i] = Model::Running;
             }
@@ -1219,6 +1224,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     message: "cannot start /bin/sh: Resource temporarily unavailable".into(),
                     duration_ms: 0,
                     retry_in_ms: flag.then_some(250),
+                    receipt: None,
                 }));
                 steps[i] = if flag { Model::Retrying } else { Model::Failed };
             }
@@ -1239,6 +1245,10 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                         content_md: format!("# brief {c}\n"),
                         metadata: Some(serde_json::json!({ "n": c })),
                     }),
+                    receipt: Some(runner::journal::ReceiptRef {
+                        key: format!("{:064x}", c % 7),
+                        result: Some(format!("{c:064x}")),
+                    }),
                 }));
                 steps[i] = Model::Succeeded;
             }
@@ -1254,6 +1264,10 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     message: format!("attempt {} failed: «{reason:?}»", attempts[i]),
                     duration_ms,
                     retry_in_ms: flag.then_some(1000 * u64::from(attempts[i])),
+                    receipt: c.is_multiple_of(2).then(|| runner::journal::ReceiptRef {
+                        key: format!("{:064x}", c % 7),
+                        result: None,
+                    }),
                 }));
                 steps[i] = if flag { Model::Retrying } else { Model::Failed };
             }
@@ -1312,6 +1326,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     duration_ms: 1,
                     outputs: Default::default(),
                     handoff: None,
+                    receipt: None,
                 }));
                 *s = Model::Succeeded;
             }

@@ -55,6 +55,8 @@ events! {
     FlowChanged(FlowChanged),
     StepStarted(StepStarted),
     StepSucceeded(StepSucceeded),
+    /// A successful receipt with the step's key was reused instead of running it.
+    StepCached(StepCached),
     StepFailed(StepFailed),
     /// The attempt was stopped by a signal to the runner, or the runner died during it.
     StepInterrupted(StepInterrupted),
@@ -86,6 +88,7 @@ impl Event {
         match self {
             Event::StepStarted(e) => Some(&e.step),
             Event::StepSucceeded(e) => Some(&e.step),
+            Event::StepCached(e) => Some(&e.step),
             Event::StepFailed(e) => Some(&e.step),
             Event::StepInterrupted(e) => Some(&e.step),
             Event::StepSkipped(e) => Some(&e.step),
@@ -105,6 +108,7 @@ impl Event {
         match self {
             Event::StepStarted(e) => Some((e.visit, e.attempt)),
             Event::StepSucceeded(e) => Some((e.visit, e.attempt)),
+            Event::StepCached(e) => Some((e.visit, e.attempt)),
             Event::StepFailed(e) => Some((e.visit, e.attempt)),
             Event::StepInterrupted(e) => Some((e.visit, e.attempt)),
             Event::CallPushed(e) => Some((e.visit, e.attempt)),
@@ -192,6 +196,35 @@ pub struct StepStarted {
     pub pid: i32,
     /// Start time of that process in clock ticks since boot, to tell it from a reused pid.
     pub proc_start: u64,
+    /// For a step with `cache = true`: why it runs instead of reusing a receipt (`forced`
+    /// by --no-cache, `miss`: no successful receipt has its key, `stale: …`: one has, but
+    /// its output files changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+}
+
+/// The hashes of an attempt's `receipt.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptRef {
+    pub key: String,
+    /// For a success: the key with what the attempt produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepCached {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub receipt: ReceiptRef,
+    /// The attempt whose receipt was reused.
+    pub from: crate::receipt::Source,
+    /// Its `$RUNNER_OUTPUT` values, restored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,6 +240,8 @@ pub struct StepSucceeded {
     /// What the step wrote to `$RUNNER_HANDOFF` (and `$RUNNER_HANDOFF_META`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptRef>,
 }
 
 /// A document one step hands to the steps that need it.
@@ -297,6 +332,8 @@ pub enum FailReason {
     Gate,
     /// The command succeeded but a file it declared in `outputs` is missing.
     MissingOutput,
+    /// A declared input file is missing or unreadable: the command was not started.
+    Inputs,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -315,6 +352,8 @@ pub struct StepFailed {
     /// Present when another attempt follows after this delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptRef>,
 }
 
 /// Why a frame was pushed.
@@ -512,6 +551,7 @@ mod tests {
             message: "timed out after 1s".into(),
             duration_ms: 1000,
             retry_in_ms: Some(2000),
+            receipt: None,
         });
         assert_eq!(e.kind(), "StepFailed");
         let back = Event::from_parts(e.kind(), &e.data_json()).expect("parses");

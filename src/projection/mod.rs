@@ -294,6 +294,33 @@ impl Projection {
             .map(|b| b as u64)
     }
 
+    /// The newest successful receipts with `key`, at most `limit`: the cache's candidates.
+    pub fn receipts_with_key(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::receipt::Source>, ProjectionError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT run_id, step_id, visit, attempt FROM receipts
+                 WHERE key = ?1 AND result IS NOT NULL
+                 ORDER BY finished_at DESC, run_id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params![key, limit as i64], |r| {
+                Ok(crate::receipt::Source {
+                    run_id: r.get(0)?,
+                    step: r.get(1)?,
+                    visit: r.get(2)?,
+                    attempt: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

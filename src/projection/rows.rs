@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 use crate::journal::{Event, GateOutcome, Record};
 use crate::state::{Approval, Attempt, Frame, Route, RunState, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -139,6 +139,20 @@ CREATE TABLE gates (
     seen    TEXT NOT NULL,
     PRIMARY KEY (run_id, step_id, visit, attempt)
 ) WITHOUT ROWID;
+CREATE TABLE receipts (
+    run_id      TEXT NOT NULL,
+    step_id     TEXT NOT NULL,
+    visit       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    key         TEXT NOT NULL,
+    result      TEXT,
+    status      TEXT NOT NULL,
+    cached_from TEXT,
+    cache_miss  TEXT,
+    path        TEXT NOT NULL,
+    finished_at TEXT,
+    PRIMARY KEY (run_id, step_id, visit, attempt)
+) WITHOUT ROWID;
 CREATE TABLE events (
     run_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -156,9 +170,11 @@ CREATE TABLE events (
 pub const INDEXES: &str = "
 CREATE INDEX runs_by_start ON runs (started_at, run_id);
 CREATE INDEX runs_by_flow ON runs (flow, started_at);
+CREATE INDEX receipts_by_key ON receipts (key);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS receipts;
 DROP TABLE IF EXISTS gates;
 DROP TABLE IF EXISTS approvals;
 DROP TABLE IF EXISTS frames;
@@ -182,6 +198,7 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("frames", "run_id, frame"),
     ("approvals", "run_id, step_id, seq"),
     ("gates", "run_id, step_id, visit, attempt"),
+    ("receipts", "run_id, step_id, visit, attempt"),
     ("events", "run_id, seq"),
 ];
 
@@ -449,6 +466,11 @@ pub fn upsert_steps<'a, 'b: 'a>(
         "INSERT OR REPLACE INTO gates (run_id, step_id, visit, attempt, outcome, pass, warn, profile, seen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    let mut receipt_stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO receipts (run_id, step_id, visit, attempt, key, result, status,
+            cached_from, cache_miss, path, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
     let mut attempt_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, step_id, visit, attempt, status, exit_code,
             signal, reason, message, pid, started_at, finished_at, duration_ms)
@@ -516,6 +538,28 @@ pub fn upsert_steps<'a, 'b: 'a>(
                     g.warn,
                     g.profile,
                     serde_json::to_string(&g.values).unwrap_or_default(),
+                ])?;
+            }
+            if let Some(r) = &a.receipt {
+                let from = a
+                    .cached_from
+                    .as_ref()
+                    .map(|f| format!("{}/{}#{}/{}", f.run_id, f.step, f.visit, f.attempt));
+                let path =
+                    crate::store::attempt_dir(std::path::Path::new(run_id), &step.id, a.visit, a.attempt)
+                        .join(crate::receipt::RECEIPT_FILE);
+                receipt_stmt.execute(params![
+                    run_id,
+                    step.id,
+                    a.visit,
+                    a.attempt,
+                    r.key,
+                    r.result,
+                    a.status.as_str(),
+                    from,
+                    a.cache_miss,
+                    path.to_string_lossy(),
+                    a.finished_at,
                 ])?;
             }
             attempt_stmt.execute(params![
@@ -631,6 +675,7 @@ impl Batch {
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
     for table in [
         "events",
+        "receipts",
         "gates",
         "approvals",
         "frames",

@@ -14,8 +14,8 @@ use nix::sys::signal::Signal;
 use super::{Session, SessionError};
 use crate::executor::{self, Exit, Gated, SpawnSpec};
 use crate::journal::{
-    ApprovalRequested, Decision, Event, FailReason, GateEvaluated, GateOutcome, InterruptReason, StepFailed,
-    StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
+    ApprovalRequested, Decision, Event, FailReason, GateEvaluated, GateOutcome, InterruptReason, StepCached,
+    StepFailed, StepInterrupted, StepSkipped, StepStarted, StepSucceeded,
 };
 use crate::outputs;
 use crate::report::human;
@@ -23,6 +23,7 @@ use crate::scheduler::{Action, decide, released};
 use crate::store::attempt_dir;
 
 use super::env::{HANDOFF_FILE, HANDOFF_META_FILE, OUTPUT_FILE};
+use super::receipts::Lookup;
 
 /// How often a group that survived SIGKILL is looked at again (zombies wait for reaping).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -47,6 +48,8 @@ pub(super) struct Running {
     pub interrupted: bool,
     /// How the main process ended, and when.
     pub leader_exit: Option<(Exit, Instant)>,
+    /// The definition and key it started with, for its receipt.
+    pub definition: Option<Box<(crate::receipt::Definition, String)>>,
 }
 
 impl Running {
@@ -63,6 +66,7 @@ impl Running {
             timed_out: false,
             interrupted: false,
             leader_exit: None,
+            definition: None,
         }
     }
 }
@@ -155,6 +159,23 @@ impl Session {
         }
         let step_id = self.flow.steps[idx].id.clone();
         let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
+        let definition = match self.definition(idx) {
+            Ok(d) => d,
+            Err(message) => return self.record_unstartable(idx, visit, attempt, FailReason::Inputs, message),
+        };
+        let key = definition.key();
+        let cache = if !self.flow.steps[idx].cache {
+            None
+        } else if self.no_cache {
+            Some("forced".to_string())
+        } else {
+            match self.lookup(&key) {
+                Lookup::Hit(from, found) => {
+                    return self.record_cached(idx, visit, attempt, definition, key, from, *found);
+                }
+                Lookup::Miss(why) => Some(why),
+            }
+        };
         match self.spawn(idx, visit, attempt) {
             Ok(gated) => {
                 let pid = gated.pid;
@@ -165,13 +186,54 @@ impl Session {
                     attempt,
                     pid,
                     proc_start: gated.proc_start,
+                    cache,
                 }))?;
-                self.running.insert(pid, Running::new(idx, visit, attempt));
+                let mut running = Running::new(idx, visit, attempt);
+                running.definition = Some(Box::new((definition, key)));
+                self.running.insert(pid, running);
                 self.gates.push((pid, gated));
             }
-            Err(message) => self.record_unstartable(idx, visit, attempt, message)?,
+            Err(message) => self.record_unstartable(idx, visit, attempt, FailReason::Spawn, message)?,
         }
         Ok(())
+    }
+
+    /// Reuses a matching receipt: this attempt gets a receipt of its own that points at it,
+    /// and its values come back as the step's outputs; the command does not run.
+    #[allow(clippy::too_many_arguments)]
+    fn record_cached(
+        &mut self,
+        idx: usize,
+        visit: u32,
+        attempt: u32,
+        definition: crate::receipt::Definition,
+        key: String,
+        from: crate::receipt::Source,
+        found: crate::receipt::Receipt,
+    ) -> Result<(), SessionError> {
+        let produced = found.produced.unwrap_or_default();
+        let outputs = produced.values.clone();
+        // The original's own source, if it was itself a reuse: always point at who ran it.
+        let from = found.cached_from.unwrap_or(from);
+        let receipt = self.write_receipt(
+            idx,
+            visit,
+            attempt,
+            definition,
+            key,
+            Some(produced),
+            Some(from.clone()),
+            Some(0),
+            0,
+        )?;
+        self.record(Event::StepCached(StepCached {
+            step: self.flow.steps[idx].id.clone(),
+            visit,
+            attempt,
+            receipt,
+            from,
+            outputs,
+        }))
     }
 
     /// A command (or call) that cannot be started is a failed attempt, not a crash: it
@@ -181,6 +243,7 @@ impl Session {
         idx: usize,
         visit: u32,
         attempt: u32,
+        reason: FailReason,
         message: String,
     ) -> Result<(), SessionError> {
         let retry_in_ms = self.retry_after(idx, 1);
@@ -188,12 +251,13 @@ impl Session {
             step: self.flow.steps[idx].id.clone(),
             visit,
             attempt,
-            reason: FailReason::Spawn,
+            reason,
             exit_code: None,
             signal: None,
             message,
             duration_ms: 0,
             retry_in_ms,
+            receipt: None,
         }))
     }
 
@@ -274,7 +338,7 @@ impl Session {
         Ok(())
     }
 
-    fn record_result(&mut self, r: Running) -> Result<(), SessionError> {
+    fn record_result(&mut self, mut r: Running) -> Result<(), SessionError> {
         let Some((exit, ended)) = r.leader_exit else { return Ok(()) };
         let step = &self.flow.steps[r.step];
         let step_id = step.id.clone();
@@ -285,26 +349,60 @@ impl Session {
             Exit::Code(0) if !r.timed_out => Some(self.read_left(&step_id, visit, attempt)),
             _ => None,
         };
-        let (reason, exit_code, signal, message) = match (exit, left) {
-            (_, Some(Ok((outputs, handoff)))) => match self.check_gate(r.step, visit, attempt, &outputs)? {
-                None => {
-                    let ok = StepSucceeded { step: step_id, visit, attempt, duration_ms, outputs, handoff };
-                    return self.record(Event::StepSucceeded(ok));
-                }
-                // A gate that blocks is a verdict on the result, not a flaky run: no retry.
-                Some(message) => {
-                    return self.record(Event::StepFailed(StepFailed {
-                        step: step_id,
+        let definition = r.definition.take();
+        // The receipt is durable before the event that acknowledges the attempt.
+        let receipt = |this: &mut Self, produced: Option<crate::receipt::Produced>, code: Option<i32>| {
+            definition
+                .as_deref()
+                .map(|(d, key)| {
+                    this.write_receipt(
+                        r.step,
                         visit,
                         attempt,
-                        reason: FailReason::Gate,
-                        exit_code: Some(0),
-                        signal: None,
-                        message,
+                        d.clone(),
+                        key.clone(),
+                        produced,
+                        None,
+                        code,
                         duration_ms,
-                        retry_in_ms: None,
-                    }));
-                }
+                    )
+                })
+                .transpose()
+        };
+        let (reason, exit_code, signal, message) = match (exit, left) {
+            (_, Some(Ok((outputs, handoff)))) => match self.produced(r.step, &outputs) {
+                Err(message) => (FailReason::MissingOutput, Some(0), None, message),
+                Ok(produced) => match self.check_gate(r.step, visit, attempt, &outputs)? {
+                    None => {
+                        let receipt = receipt(self, Some(produced), Some(0))?;
+                        let ok = StepSucceeded {
+                            step: step_id,
+                            visit,
+                            attempt,
+                            duration_ms,
+                            outputs,
+                            handoff,
+                            receipt,
+                        };
+                        return self.record(Event::StepSucceeded(ok));
+                    }
+                    // A gate that blocks is a verdict on the result, not a flaky run: no retry.
+                    Some(message) => {
+                        let receipt = receipt(self, None, Some(0))?;
+                        return self.record(Event::StepFailed(StepFailed {
+                            step: step_id,
+                            visit,
+                            attempt,
+                            reason: FailReason::Gate,
+                            exit_code: Some(0),
+                            signal: None,
+                            message,
+                            duration_ms,
+                            retry_in_ms: None,
+                            receipt,
+                        }));
+                    }
+                },
             },
             (_, Some(Err(message))) => (FailReason::Outputs, Some(0), None, message),
             _ if r.interrupted => {
@@ -331,6 +429,7 @@ impl Session {
                 format!("killed by {}", executor::signal_name(s)),
             ),
         };
+        let receipt = receipt(self, None, exit_code)?;
         let retry_in_ms = self.retry_after(r.step, 0);
         let event = Event::StepFailed(StepFailed {
             step: step_id,
@@ -342,6 +441,7 @@ impl Session {
             message,
             duration_ms,
             retry_in_ms,
+            receipt,
         });
         self.record(event)
     }

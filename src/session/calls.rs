@@ -97,7 +97,7 @@ impl Session {
             }
             // A call that cannot start is a failed attempt, like a command that cannot.
             Err(message) if reason == CallReason::Call => {
-                self.record_unstartable(idx, visit, attempt, message)
+                self.record_unstartable(idx, visit, attempt, crate::journal::FailReason::Spawn, message)
             }
             Err(message) => {
                 self.report.warn(&format!("`{caller}`: on_failure cannot run: {message}"));

@@ -11,6 +11,7 @@ mod attempts;
 mod calls;
 mod env;
 mod open;
+mod receipts;
 mod routing;
 
 use std::collections::{BTreeSet, HashMap};
@@ -111,6 +112,8 @@ pub struct Session {
     upstream: env::UpstreamOutputs,
     /// `--no-cache`: run every step even where a cached receipt matches.
     no_cache: bool,
+    /// The projection, opened at the first cache lookup, as the index of receipts.
+    cache_index: Option<crate::projection::Projection>,
 }
 
 impl Session {
@@ -166,6 +169,7 @@ impl Session {
             with_outputs,
             upstream: env::UpstreamOutputs::default(),
             no_cache: false,
+            cache_index: None,
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,

@@ -112,8 +112,9 @@ pub fn start_new(
     let state = RunState::from_first(&created.first)
         .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
     let report = Reporter::new(opts.verbosity, &created.dir);
-    let session =
+    let mut session =
         Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts.jobs)?;
+    session.no_cache = opts.no_cache;
     session.project(std::slice::from_ref(&created.first));
     Ok(Ok(session))
 }
@@ -304,6 +305,13 @@ impl Session {
         let stopped = executor::stop_leftovers(&run_dir, &groups, grace)
             .map_err(|pids| SessionError::LeftoversSurvived { pids })?;
         for mut event in in_flight {
+            // A receipt written just before the runner died was never acknowledged: the
+            // journal says the attempt was interrupted, so the receipt must not say more.
+            let dir = crate::store::attempt_dir(&self.dir, &event.step, event.visit, event.attempt);
+            let receipt = dir.join(crate::receipt::RECEIPT_FILE);
+            if receipt.exists() {
+                let _ = std::fs::rename(&receipt, dir.join(crate::receipt::UNACKNOWLEDGED_FILE));
+            }
             let was_alive = stopped.contains(&event.step);
             if was_alive {
                 self.report.warn(&format!(

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::Then;
 use crate::journal::{
-    CallPushed, CallReason, Decision, Event, FailReason, GateEvaluated, Handoff, InterruptReason, Record,
-    RoutingDecided, RunOutcome,
+    CallPushed, CallReason, Decision, Event, FailReason, GateEvaluated, Handoff, InterruptReason, ReceiptRef,
+    Record, RoutingDecided, RunOutcome,
 };
 pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
@@ -100,6 +100,8 @@ pub enum AttemptStatus {
     Succeeded,
     Failed,
     Interrupted,
+    /// Not run: a matching receipt was reused.
+    Cached,
 }
 
 impl AttemptStatus {
@@ -109,7 +111,13 @@ impl AttemptStatus {
             AttemptStatus::Succeeded => "succeeded",
             AttemptStatus::Failed => "failed",
             AttemptStatus::Interrupted => "interrupted",
+            AttemptStatus::Cached => "cached",
         }
+    }
+
+    /// The attempt gave the step its result (ran and succeeded, or reused a receipt).
+    pub fn is_success(self) -> bool {
+        matches!(self, AttemptStatus::Succeeded | AttemptStatus::Cached)
     }
 }
 
@@ -138,6 +146,15 @@ pub struct Attempt {
     /// The gate's verdict on this attempt's outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Box<GateEvaluated>>,
+    /// The hashes of its `receipt.json`, once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Box<ReceiptRef>>,
+    /// For a cached attempt: whose receipt it reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<Box<crate::receipt::Source>>,
+    /// For a step with `cache = true` that ran: why it was not taken from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_miss: Option<String>,
 }
 
 impl Attempt {
@@ -160,6 +177,9 @@ impl Attempt {
             outputs: BTreeMap::new(),
             handoff: None,
             gate: None,
+            receipt: None,
+            cached_from: None,
+            cache_miss: None,
         }
     }
 }
@@ -256,12 +276,12 @@ impl StepState {
 
     /// The attempt that succeeded in the current visit, if it did.
     pub fn success(&self) -> Option<&Attempt> {
-        self.attempts.last().filter(|a| a.visit == self.visit && a.status == AttemptStatus::Succeeded)
+        self.attempts.last().filter(|a| a.visit == self.visit && a.status.is_success())
     }
 
     /// Outputs of the latest successful attempt (of any visit).
     pub fn outputs(&self) -> Option<&BTreeMap<String, String>> {
-        self.attempts.iter().rev().find(|a| a.status == AttemptStatus::Succeeded).map(|a| &a.outputs)
+        self.attempts.iter().rev().find(|a| a.status.is_success()).map(|a| &a.outputs)
     }
 
     /// The routing decision about the latest attempt, once made.
@@ -472,6 +492,7 @@ impl RunState {
                     pid: Some(e.pid),
                     proc_start: Some(e.proc_start),
                     boot_id: Some(boot_id),
+                    cache_miss: e.cache.clone(),
                     ..Attempt::begin(e.visit, e.attempt, ts)
                 });
                 step.status = StepStatus::Running;
@@ -487,12 +508,36 @@ impl RunState {
                 a.duration_ms = Some(e.duration_ms);
                 a.outputs.clone_from(&e.outputs);
                 a.handoff = e.handoff.clone().map(Box::new);
+                a.receipt = e.receipt.clone().map(Box::new);
+                step.status = StepStatus::Succeeded;
+            }
+            Event::StepCached(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
+                    return Err(fold_err(
+                        record,
+                        &format!("step `{}` is already {}", e.step, step.status.as_str()),
+                    ));
+                }
+                begin_activation(record, step, e.visit)?;
+                expect_next_attempt(record, step, e.attempt)?;
+                step.attempts.push(Attempt {
+                    status: AttemptStatus::Cached,
+                    finished_at: Some(ts.clone()),
+                    duration_ms: Some(0),
+                    outputs: e.outputs.clone(),
+                    receipt: Some(Box::new(e.receipt.clone())),
+                    cached_from: Some(Box::new(e.from.clone())),
+                    ..Attempt::begin(e.visit, e.attempt, ts)
+                });
+                step.session_attempts += 1;
+                step.retry_in_ms = None;
                 step.status = StepStatus::Succeeded;
             }
             Event::StepFailed(e) => {
                 let step = self.step_mut(record, &e.step)?;
                 // A spawn failure has no StepStarted: the attempt begins and ends here.
-                if e.reason == FailReason::Spawn
+                if matches!(e.reason, FailReason::Spawn | FailReason::Inputs)
                     && step.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running)
                 {
                     if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
@@ -515,6 +560,7 @@ impl RunState {
                 a.reason = Some(fail_reason(e.reason).into());
                 a.message = Some(e.message.clone());
                 a.duration_ms = Some(e.duration_ms);
+                a.receipt = e.receipt.clone().map(Box::new);
                 step.retry_in_ms = e.retry_in_ms;
                 step.status = if e.retry_in_ms.is_some() { StepStatus::Retrying } else { StepStatus::Failed };
             }
@@ -765,6 +811,7 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::Outputs => "outputs",
         FailReason::Gate => "gate",
         FailReason::MissingOutput => "missing_output",
+        FailReason::Inputs => "inputs",
     }
 }
 
@@ -840,7 +887,14 @@ mod tests {
     }
 
     fn step_started(step: &str, attempt: u32) -> Event {
-        Event::StepStarted(StepStarted { step: step.into(), visit: 1, attempt, pid: 10, proc_start: 5 })
+        Event::StepStarted(StepStarted {
+            step: step.into(),
+            visit: 1,
+            attempt,
+            pid: 10,
+            proc_start: 5,
+            cache: None,
+        })
     }
 
     fn failed(step: &str, attempt: u32, retry: Option<u64>) -> Event {
@@ -854,6 +908,7 @@ mod tests {
             message: "exit 1".into(),
             duration_ms: 3,
             retry_in_ms: retry,
+            receipt: None,
         })
     }
 

@@ -13,5 +13,6 @@ mod golden;
 mod inputs;
 mod journal;
 mod projection;
+mod receipts;
 mod semantics;
 mod supervision;
