@@ -67,6 +67,39 @@ pub fn detail(conn: &Connection, run_id: &str, step: &str) -> Result<Value, rusq
                 "decided_at": r.get::<_, String>(11)?}))
         },
     )?);
+    out["approvals"] = json!(query(
+        "SELECT visit, status, message, approvers, decided_by, decided_at, comment, requested_at
+         FROM approvals WHERE run_id = ?1 AND step_id = ?2 ORDER BY seq",
+        &|r| {
+            let approvers: Option<String> = r.get(3)?;
+            Ok(json!({"visit": r.get::<_, i64>(0)?, "status": r.get::<_, String>(1)?,
+                "message": r.get::<_, Option<String>>(2)?,
+                "approvers": approvers.and_then(|a| serde_json::from_str::<Value>(&a).ok()),
+                "decided_by": r.get::<_, Option<String>>(4)?, "decided_at": r.get::<_, Option<String>>(5)?,
+                "comment": r.get::<_, Option<String>>(6)?, "requested_at": r.get::<_, String>(7)?}))
+        },
+    )?);
+    out["gates"] = json!(query(
+        "SELECT visit, attempt, outcome, pass, warn, profile, seen FROM gates
+         WHERE run_id = ?1 AND step_id = ?2 ORDER BY visit, attempt",
+        &|r| {
+            let seen: String = r.get(6)?;
+            Ok(json!({"visit": r.get::<_, i64>(0)?, "attempt": r.get::<_, i64>(1)?,
+                "outcome": r.get::<_, String>(2)?, "pass": r.get::<_, String>(3)?,
+                "warn": r.get::<_, Option<String>>(4)?, "profile": r.get::<_, Option<String>>(5)?,
+                "values": serde_json::from_str::<Value>(&seen).unwrap_or_default()}))
+        },
+    )?);
+    out["receipts"] = json!(query(
+        "SELECT visit, attempt, status, key, result, cached_from, cache_miss, path FROM receipts
+         WHERE run_id = ?1 AND step_id = ?2 ORDER BY visit, attempt",
+        &|r| {
+            Ok(json!({"visit": r.get::<_, i64>(0)?, "attempt": r.get::<_, i64>(1)?,
+                "status": r.get::<_, String>(2)?, "key": r.get::<_, String>(3)?,
+                "result": r.get::<_, Option<String>>(4)?, "cached_from": r.get::<_, Option<String>>(5)?,
+                "cache_miss": r.get::<_, Option<String>>(6)?, "path": r.get::<_, String>(7)?}))
+        },
+    )?);
     Ok(out)
 }
 
@@ -120,6 +153,62 @@ pub fn render(d: &Value) -> String {
         }
         if !h["metadata"].is_null() {
             out.push_str(&format!("  metadata: {}\n", h["metadata"]));
+        }
+    }
+    let approvals = d["approvals"].as_array().cloned().unwrap_or_default();
+    if !approvals.is_empty() {
+        out.push_str("\napprovals:\n");
+        for a in approvals {
+            let label = visit_label(&id, n(&a["visit"]) as u32);
+            let mut line = format!("  [{label}] {}", s(&a["status"]));
+            if let Some(by) = a["decided_by"].as_str() {
+                line.push_str(&format!(" by {by}"));
+            }
+            if let Some(c) = a["comment"].as_str() {
+                line.push_str(&format!(": {c}"));
+            }
+            if let Some(list) = a["approvers"].as_array() {
+                let names: Vec<String> = list.iter().map(s).collect();
+                line.push_str(&format!(" (approvers: {})", names.join(", ")));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    for g in d["gates"].as_array().into_iter().flatten() {
+        let label = visit_label(&id, n(&g["visit"]) as u32);
+        let profile = g["profile"].as_str().map(|p| format!(", profile {p}")).unwrap_or_default();
+        out.push_str(&format!(
+            "\ngate [{label} attempt {}]: {} (pass: `{}`{}{profile})\n",
+            n(&g["attempt"]),
+            s(&g["outcome"]),
+            s(&g["pass"]),
+            g["warn"].as_str().map(|w| format!(", warn: `{w}`")).unwrap_or_default()
+        ));
+        for (k, v) in g["values"].as_object().into_iter().flatten() {
+            out.push_str(&format!("  {k} = {v}\n"));
+        }
+    }
+    let receipts = d["receipts"].as_array().cloned().unwrap_or_default();
+    if !receipts.is_empty() {
+        out.push_str("\nreceipts:\n");
+        for r in receipts {
+            let label = visit_label(&id, n(&r["visit"]) as u32);
+            let key = s(&r["key"]);
+            let mut line = format!(
+                "  [{label} attempt {}] {} key {}…",
+                n(&r["attempt"]),
+                s(&r["status"]),
+                &key[..key.len().min(16)]
+            );
+            if let Some(from) = r["cached_from"].as_str() {
+                line.push_str(&format!(" from {from}"));
+            } else if let Some(miss) = r["cache_miss"].as_str() {
+                line.push_str(&format!(" (cache: {miss})"));
+            }
+            line.push_str(&format!("  {}", s(&r["path"])));
+            out.push_str(&line);
+            out.push('\n');
         }
     }
     let routes = d["routes"].as_array().cloned().unwrap_or_default();
