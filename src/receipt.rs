@@ -43,6 +43,31 @@ pub struct Definition {
     pub inputs: Vec<FileDigest>,
     /// The result of each step it needs, by id.
     pub upstream: BTreeMap<String, String>,
+    /// The gate (a profile's, if the run has one): a cached result must have passed the
+    /// gate this run asks for, so a stricter gate is a different key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateText>,
+}
+
+/// A gate's conditions as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateText {
+    pub pass: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<String>,
+}
+
+impl GateText {
+    fn shown(gate: &Option<GateText>) -> String {
+        match gate {
+            None => "none".into(),
+            Some(g) => match &g.warn {
+                Some(w) => format!("pass: {}, warn: {w}", g.pass),
+                None => format!("pass: {}", g.pass),
+            },
+        }
+    }
 }
 
 impl Definition {
@@ -142,7 +167,7 @@ pub fn read(path: &Path) -> Result<Receipt, String> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
     /// `command`, `env`, `param`, `input`, `upstream`, `runner_version`, `declared_inputs`,
-    /// `declared_outputs`.
+    /// `declared_outputs`, `gate`.
     pub component: &'static str,
     /// The variable, parameter, file or step; empty for `command` and `runner_version`.
     pub name: String,
@@ -188,6 +213,7 @@ pub fn diff(before: &Definition, after: &Definition) -> Vec<Change> {
     };
     maps(&mut out, "input", &files(&before.inputs), &files(&after.inputs));
     maps(&mut out, "upstream", &before.upstream, &after.upstream);
+    single(&mut out, "gate", &GateText::shown(&before.gate), &GateText::shown(&after.gate));
     out
 }
 
@@ -225,6 +251,7 @@ mod tests {
             declared_outputs: vec![],
             inputs: vec![FileDigest { path: "data/a".into(), size: 1, blake3: "x".into() }],
             upstream: BTreeMap::from([("up".into(), "r1".into())]),
+            gate: None,
         }
     }
 
@@ -248,6 +275,7 @@ mod tests {
                 d.upstream.insert("up".into(), "r2".into());
             }),
             Box::new(|d| d.declared_outputs.push("out".into())),
+            Box::new(|d| d.gate = Some(GateText { pass: "true".into(), warn: None })),
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut d = def();

@@ -78,7 +78,7 @@ pub fn explain(g: &Global, args: ExplainArgs) -> Result<ExitCode, Error> {
     let mut projection = Projection::open(&runs)?;
     projection.catch_up()?;
     let previous = nearest_previous(&projection, &state.flow, &this)?;
-    let cache_on = a.cache_miss.is_some();
+    let cache_on = a.cache_miss().is_some();
     let off_note = if cache_on { "" } else { " (this step does not have `cache = true`, so it always runs)" };
     let Some((from, before)) = previous else {
         let mut v = base;
@@ -103,7 +103,7 @@ pub fn explain(g: &Global, args: ExplainArgs) -> Result<ExitCode, Error> {
     let mut v = base;
     v["previous"] = json!({ "source": from, "key": before.key, "finished_at": before.finished_at });
     if changes.is_empty() {
-        let why = match a.cache_miss.as_deref() {
+        let why = match a.cache_miss() {
             None => "this step does not have `cache = true`".to_string(),
             Some("forced") => "the run was started or resumed with --no-cache".to_string(),
             Some(stale) if stale.starts_with("stale: ") => {

@@ -541,10 +541,8 @@ pub fn upsert_steps<'a, 'b: 'a>(
                 ])?;
             }
             if let Some(r) = &a.receipt {
-                let from = a
-                    .cached_from
-                    .as_ref()
-                    .map(|f| format!("{}/{}#{}/{}", f.run_id, f.step, f.visit, f.attempt));
+                let from =
+                    a.cached_from().map(|f| format!("{}/{}#{}/{}", f.run_id, f.step, f.visit, f.attempt));
                 let path =
                     crate::store::attempt_dir(std::path::Path::new(run_id), &step.id, a.visit, a.attempt)
                         .join(crate::receipt::RECEIPT_FILE);
@@ -557,7 +555,7 @@ pub fn upsert_steps<'a, 'b: 'a>(
                     r.result,
                     a.status.as_str(),
                     from,
-                    a.cache_miss,
+                    a.cache_miss(),
                     path.to_string_lossy(),
                     a.finished_at,
                 ])?;

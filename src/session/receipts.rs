@@ -82,6 +82,10 @@ impl Session {
             declared_outputs,
             inputs,
             upstream,
+            gate: step.gate.as_deref().map(|g| receipt::GateText {
+                pass: g.pass.source().to_string(),
+                warn: g.warn.as_ref().map(|w| w.source().to_string()),
+            }),
         })
     }
 

@@ -149,12 +149,28 @@ pub struct Attempt {
     /// The hashes of its `receipt.json`, once it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Box<ReceiptRef>>,
-    /// For a cached attempt: whose receipt it reused.
+    /// For a step with `cache = true`: what the cache said (one pointer for the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_from: Option<Box<crate::receipt::Source>>,
-    /// For a step with `cache = true` that ran: why it was not taken from the cache.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_miss: Option<String>,
+    pub cache: Option<Box<CacheNote>>,
+}
+
+/// What the cache said about an attempt of a step with `cache = true`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheNote {
+    /// A cached attempt: whose receipt it reused.
+    pub from: Option<crate::receipt::Source>,
+    /// An attempt that ran: why it was not taken from the cache.
+    pub miss: Option<String>,
+}
+
+impl Attempt {
+    pub fn cached_from(&self) -> Option<&crate::receipt::Source> {
+        self.cache.as_ref().and_then(|c| c.from.as_ref())
+    }
+
+    pub fn cache_miss(&self) -> Option<&str> {
+        self.cache.as_ref().and_then(|c| c.miss.as_deref())
+    }
 }
 
 impl Attempt {
@@ -178,8 +194,7 @@ impl Attempt {
             handoff: None,
             gate: None,
             receipt: None,
-            cached_from: None,
-            cache_miss: None,
+            cache: None,
         }
     }
 }
@@ -492,7 +507,7 @@ impl RunState {
                     pid: Some(e.pid),
                     proc_start: Some(e.proc_start),
                     boot_id: Some(boot_id),
-                    cache_miss: e.cache.clone(),
+                    cache: e.cache.clone().map(|miss| Box::new(CacheNote { from: None, miss: Some(miss) })),
                     ..Attempt::begin(e.visit, e.attempt, ts)
                 });
                 step.status = StepStatus::Running;
@@ -527,7 +542,7 @@ impl RunState {
                     duration_ms: Some(0),
                     outputs: e.outputs.clone(),
                     receipt: Some(Box::new(e.receipt.clone())),
-                    cached_from: Some(Box::new(e.from.clone())),
+                    cache: Some(Box::new(CacheNote { from: Some(e.from.clone()), miss: None })),
                     ..Attempt::begin(e.visit, e.attempt, ts)
                 });
                 step.session_attempts += 1;

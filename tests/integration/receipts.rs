@@ -278,3 +278,27 @@ fn walk_receipts(dir: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)>
     }
     out
 }
+
+#[test]
+fn a_stricter_gate_is_a_different_key_so_a_cached_result_never_skips_it() {
+    let env = Env::new();
+    let flow = env.flow(
+        "gated",
+        r#"
+[[steps]]
+id = "test"
+cache = true
+run = "echo coverage=85 >> $RUNNER_OUTPUT; echo x >> test.out"
+gate = { pass = "steps.test.outputs.coverage >= 80" }
+
+[profiles.strict]
+test = { pass = "steps.test.outputs.coverage >= 90" }
+"#,
+    );
+    env.run(&["run", &flow]).code(0);
+    env.run(&["run", &flow]).code(0).stderr_has("test: cached");
+    let strict = env.run(&["run", &flow, "--profile", "strict"]);
+    strict.code(1).stderr_has("gate blocked the step");
+    assert_eq!(env.count("test.out"), 2, "the strict run ran the step instead of reusing the lax result");
+    env.run(&["explain", "--run-id", &strict.run_id(), "--step", "test"]).code(0).stdout_has("gate changed");
+}
