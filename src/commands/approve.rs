@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::journal::Decision;
 use crate::report::note;
-use crate::session::{SessionOptions, Verdict, decide as record};
+use crate::session::{Decided, SessionOptions, Verdict, decide as record};
 use crate::store::validate_run_id;
 
 pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCode, Error> {
@@ -24,8 +24,28 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         profile: None,
         no_cache: false,
     };
-    let mut session = record(&g.runs(), &args.run_id, &verdict, &opts)?;
     let id = &args.run_id;
+    let mut session = match record(&g.runs(), id, &verdict, &opts)? {
+        Decided::Locked(session) => session,
+        Decided::ByLiveRunner => {
+            if !g.quiet {
+                note(&format!(
+                    "step `{}` of run {id} {} by {by}; the live runner goes on with it",
+                    args.step,
+                    decision.as_str()
+                ));
+            }
+            return Ok(ExitCode::Success);
+        }
+        Decided::Queued(file) => {
+            note(&format!(
+                "the run is live and its runner has not taken the decision yet; it is queued in {} \
+                 and will be recorded while the step waits",
+                file.display()
+            ));
+            return Ok(ExitCode::Success);
+        }
+    };
     if !g.quiet {
         note(&format!("step `{}` of run {id} {} by {by}", args.step, decision.as_str()));
     }

@@ -556,7 +556,10 @@ impl Session {
             })
             .into_iter()
             .flatten();
-        timers.chain(retries).flatten().min()
+        // While a step waits for approval, its verdict may arrive in the inbox.
+        let inbox = (self.stop.is_none() && self.state.count(crate::state::StepStatus::Waiting) > 0)
+            .then(|| Instant::now() + super::approvals::INBOX_POLL);
+        timers.chain(retries).flatten().chain(inbox).min()
     }
 }
 

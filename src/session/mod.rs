@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-pub use approvals::{Verdict, decide};
+pub use approvals::{Decided, INBOX_DIR, Verdict, decide};
 pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
 use attempts::{Running, checked_after};
@@ -114,6 +114,8 @@ pub struct Session {
     no_cache: bool,
     /// The projection, opened at the first cache lookup, as the index of receipts.
     cache_index: Option<crate::projection::Projection>,
+    /// Inbox files whose verdicts are staged: removed once they are durable.
+    inbox_done: Vec<PathBuf>,
 }
 
 impl Session {
@@ -154,9 +156,10 @@ impl Session {
         };
         let unrouted = (0..flow.steps.len())
             .filter(|&i| {
+                let st = &state.steps[i];
                 !flow.steps[i].next.is_empty()
-                    && state.steps[i].status == StepStatus::Succeeded
-                    && state.steps[i].route().is_none()
+                    && ((st.status == StepStatus::Succeeded && st.route().is_none())
+                        || st.awaits_rejection_route())
             })
             .collect();
         let with_outputs = (0..state.steps.len())
@@ -170,6 +173,7 @@ impl Session {
             upstream: env::UpstreamOutputs::default(),
             no_cache: false,
             cache_index: None,
+            inbox_done: Vec::new(),
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,
@@ -209,6 +213,9 @@ impl Session {
         let mut idle_at = 0;
         loop {
             if self.stop.is_none() {
+                if self.state.count(StepStatus::Waiting) > 0 {
+                    self.check_inbox()?;
+                }
                 self.start_ready()?;
             }
             self.commit()?;
@@ -223,6 +230,13 @@ impl Session {
                 }
                 // Steps waiting for a retry still have work; the loop waits for their time.
                 if !self.has_work() {
+                    // A verdict queued at the last moment is taken rather than left behind.
+                    if self.stop.is_none() && self.state.count(StepStatus::Waiting) > 0 {
+                        self.check_inbox()?;
+                        if self.journal.has_staged() {
+                            continue;
+                        }
+                    }
                     return self.finish();
                 }
                 // Work that needs no waiting (released clean-up steps, settled skips): go on
@@ -357,6 +371,7 @@ impl Session {
             .commit()
             .map_err(|source| SessionError::Commit { run_id: self.state.run_id.clone(), source })?;
         faults::reached("after-commit");
+        self.clear_inbox();
         let now = Instant::now();
         for (pid, gate) in self.gates.drain(..) {
             if let Some(r) = self.running.get_mut(&pid) {

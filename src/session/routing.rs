@@ -18,7 +18,9 @@ impl Session {
         let waiting: Vec<usize> = self.unrouted.iter().copied().collect();
         for i in waiting {
             let st = &self.state.steps[i];
-            if st.status != StepStatus::Succeeded || st.route().is_some() {
+            let waits =
+                (st.status == StepStatus::Succeeded && st.route().is_none()) || st.awaits_rejection_route();
+            if !waits {
                 self.unrouted.remove(&i);
                 continue;
             }
@@ -32,7 +34,8 @@ impl Session {
     /// Journals router `i`'s decision; `false` if it must wait for running steps.
     ///
     /// After a rejection (attempt 0: nothing ran) only backward rules whose `if` holds are
-    /// tried, to send the work back; when none does, the step stays rejected.
+    /// tried, to send the work back; when none does, that is journaled too and the step
+    /// stays rejected.
     pub(super) fn route(&mut self, i: usize) -> Result<bool, SessionError> {
         let step = &self.flow.steps[i];
         let st = &self.state.steps[i];
@@ -65,7 +68,12 @@ impl Session {
             failure: None,
         };
         match chosen {
-            None if rejected => return Ok(true),
+            None if rejected => {
+                decision.failure = Some(format!(
+                    "`{}` was rejected, and no rule whose `if` holds sends it back",
+                    visit_label(&step.id, visit)
+                ));
+            }
             None => {
                 decision.failure = Some(format!(
                     "no route from `{}`: no rule's `if` held and there is no default rule (one without `if`)",

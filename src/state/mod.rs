@@ -305,6 +305,16 @@ impl StepState {
         self.routes.last().map(|r| &r.decision).filter(|d| d.visit == last.visit && d.attempt == last.attempt)
     }
 
+    /// A rejected router whose rules were tried for this rejection (attempt 0 of the visit).
+    pub fn rejection_routed(&self) -> bool {
+        self.routes.last().is_some_and(|r| r.decision.visit == self.visit && r.decision.attempt == 0)
+    }
+
+    /// A router rejected in this visit that has not tried its rules yet.
+    pub fn awaits_rejection_route(&self) -> bool {
+        self.status == StepStatus::Rejected && !self.rejection_routed()
+    }
+
     /// The decision on visit `visit`, if its latest request has one.
     pub fn approval(&self, visit: u32) -> Option<Decision> {
         self.approvals.last().filter(|a| a.visit == visit).and_then(|a| a.decision)
@@ -627,8 +637,15 @@ impl RunState {
                         ),
                     ));
                 }
+                if rejected && step.rejection_routed() {
+                    return Err(fold_err(
+                        record,
+                        &format!("the rejection of `{}` was routed already", e.step),
+                    ));
+                }
                 step.routes.push(Route { seq: record.seq, ts: ts.clone(), decision: e.clone() });
-                if e.failure.is_some() {
+                // A rejection that no rule sends back stays a rejection.
+                if e.failure.is_some() && !rejected {
                     step.status = StepStatus::Failed;
                 }
                 for id in &e.reset {

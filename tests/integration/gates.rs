@@ -320,3 +320,74 @@ fn a_verdict_killed_mid_commit_is_all_or_nothing() {
     assert_eq!(env.events("r1").iter().filter(|e| e.starts_with("ApprovalDecided")).count(), 1);
     env.assert_rebuild_matches_live();
 }
+
+#[test]
+fn a_verdict_on_a_live_run_goes_through_its_inbox() {
+    let env = Env::new();
+    let flow = env.flow(
+        "live",
+        r#"
+[[steps]]
+id = "deploy"
+approval = { approvers = ["alice"] }
+run = "echo deployed >> deploy.out"
+
+[[steps]]
+id = "slow"
+needs = []
+run = "while [ ! -e go ]; do sleep 0.05; done; echo slow >> slow.out"
+"#,
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "L"]);
+    wait_for("the approval request", Duration::from_secs(10), || {
+        env.run_dir("L").join("journal.jsonl").exists()
+            && env.events("L").contains(&"ApprovalRequested:deploy".to_string())
+    });
+    // Refused against the journal, without queueing anything.
+    env.run(&["approve", "--run-id", "L", "--step", "deploy", "--by", "bob"])
+        .code(2)
+        .stderr_has("`bob` may not decide on `deploy`");
+    assert!(std::fs::read_dir(env.run_dir("L").join("inbox")).map_or(true, |d| d.count() == 0));
+    // Taken by the live runner while `slow` still runs.
+    env.run(&["approve", "--run-id", "L", "--step", "deploy", "--by", "alice"])
+        .code(0)
+        .stderr_has("the live runner goes on with it");
+    wait_for("deploy to run", Duration::from_secs(10), || env.count("deploy.out") == 1);
+    assert_eq!(env.count("slow.out"), 0, "the run was still live when the verdict was taken");
+    env.write("go", "");
+    let out = finish(child, Duration::from_secs(20));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(std::fs::read_dir(env.run_dir("L").join("inbox")).map_or(true, |d| d.count() == 0));
+    assert_eq!(approvals_rows(&env, "L")[0].1, "approved");
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn a_rejected_router_that_no_rule_sends_back_stays_rejected() {
+    let env = Env::new();
+    let flow = env.flow(
+        "r",
+        r#"
+[[steps]]
+id = "review"
+approval = true
+run = "true"
+next = [{ goto = "ship" }]
+
+[[steps]]
+id = "ship"
+run = "echo shipped >> ship.out"
+"#,
+    );
+    env.run(&["run", &flow, "--run-id", "r"]).code(3);
+    env.run(&["reject", "--run-id", "r", "--step", "review", "--by", "ops"])
+        .code(0)
+        .stderr_has("was rejected, and no rule whose `if` holds sends it back");
+    env.run(&["resume", "--run-id", "r"]).code(1).stderr_has("step `review` rejected");
+    env.run(&["resume", "--run-id", "r"]).code(1);
+    let routes = env.events("r").iter().filter(|e| *e == "RoutingDecided:review").count();
+    assert_eq!(routes, 1, "the rejection is routed once, not at every resume");
+    env.run(&["approve", "--run-id", "r", "--step", "review", "--by", "ops", "--resume"]).code(0);
+    assert_eq!(env.count("ship.out"), 1);
+    env.assert_rebuild_matches_live();
+}
