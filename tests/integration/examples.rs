@@ -227,3 +227,43 @@ fn too_many_rounds_run_out_of_visits_and_the_summary_still_runs() {
         .stdout_has("[reviewer#3] failed: loop developer -> reviewer -> developer ran out of visits");
     env.assert_rebuild_matches_live();
 }
+
+/// A scratch directory holding a copy of `flows/release.toml` and `flows/release/`.
+fn release_env() -> Env {
+    let env = Env::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(env.path().join("flows/release/src")).expect("mkdir");
+    std::fs::copy(repo.join("flows/release.toml"), env.path().join("flows/release.toml")).expect("copy");
+    for entry in std::fs::read_dir(repo.join("flows/release/src")).expect("flows/release/src") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), env.path().join("flows/release/src").join(entry.file_name()))
+            .expect("copy");
+    }
+    env
+}
+
+#[test]
+fn the_release_example_gates_caches_and_waits_for_its_approval() {
+    let env = release_env();
+    let flow = "flows/release.toml";
+    env.run(&["run", flow, "--run-id", "v1"])
+        .code(3)
+        .stderr_has("publish: waiting for approval: Publish out/release/app.txt?");
+    env.run(&["approve", "--run-id", "v1", "--step", "publish", "--by", "rel", "--resume"]).code(0);
+    assert!(env.read("out/release/published.txt").starts_with("published 6 lines at coverage 84"));
+    // The second release reuses build and test, and still asks before publishing.
+    env.run(&["run", flow, "--run-id", "v2"]).code(3).stderr_has("build: cached").stderr_has("test: cached");
+    // A warning is not a block; the strict profile blocks.
+    env.run(&["run", flow, "--run-id", "v3", "--param", "coverage=75"])
+        .code(3)
+        .stderr_has("gate passed with a warning");
+    env.run(&["run", flow, "--run-id", "v4", "--profile", "strict"])
+        .code(1)
+        .stderr_has("gate blocked the step");
+    // An edited source is a new build, and explain says which file.
+    env.write("flows/release/src/main.rs", "fn main() {}\n");
+    env.run(&["run", flow, "--run-id", "v5"]).code(3);
+    env.run(&["explain", "--run-id", "v5", "--step", "build"])
+        .code(0)
+        .stdout_has("input file flows/release/src/main.rs changed");
+}
