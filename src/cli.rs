@@ -64,7 +64,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the output of a run's steps
     Logs(LogsArgs),
-    /// Approve a step that waits for approval (the run continues on its next resume)
+    /// Approve a step that waits for approval (a live run goes on at once, a paused one on its next resume or with --resume)
     Approve(DecideArgs),
     /// Reject a step that waits for approval: it fails (or routes back, if it is a router)
     Reject(DecideArgs),
