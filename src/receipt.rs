@@ -41,12 +41,24 @@ pub struct Definition {
     pub declared_outputs: Vec<String>,
     /// Each input file, sorted by path.
     pub inputs: Vec<FileDigest>,
-    /// The result of each step it needs, by id.
+    /// The result of each step it needs, and of the other steps on a loop with it (whose
+    /// outputs it sees), by id.
     pub upstream: BTreeMap<String, String>,
+    /// The visit (`$RUNNER_VISIT`), for a step on a loop.
+    #[serde(default = "first_visit", skip_serializing_if = "is_first_visit")]
+    pub visit: u32,
     /// The gate (a profile's, if the run has one): a cached result must have passed the
     /// gate this run asks for, so a stricter gate is a different key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateText>,
+}
+
+fn first_visit() -> u32 {
+    1
+}
+
+fn is_first_visit(v: &u32) -> bool {
+    *v == 1
 }
 
 /// A gate's conditions as written.
@@ -86,6 +98,9 @@ pub struct Produced {
     pub files: Vec<FileDigest>,
     /// What it wrote to `$RUNNER_OUTPUT`.
     pub values: BTreeMap<String, String>,
+    /// What it wrote to `$RUNNER_HANDOFF` (and its metadata), restored with a cached result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<crate::journal::Handoff>,
 }
 
 /// The result hash of a success: its key together with what it produced.
@@ -213,6 +228,7 @@ pub fn diff(before: &Definition, after: &Definition) -> Vec<Change> {
     };
     maps(&mut out, "input", &files(&before.inputs), &files(&after.inputs));
     maps(&mut out, "upstream", &before.upstream, &after.upstream);
+    single(&mut out, "visit", &before.visit.to_string(), &after.visit.to_string());
     single(&mut out, "gate", &GateText::shown(&before.gate), &GateText::shown(&after.gate));
     out
 }
@@ -251,6 +267,7 @@ mod tests {
             declared_outputs: vec![],
             inputs: vec![FileDigest { path: "data/a".into(), size: 1, blake3: "x".into() }],
             upstream: BTreeMap::from([("up".into(), "r1".into())]),
+            visit: 1,
             gate: None,
         }
     }
@@ -276,13 +293,15 @@ mod tests {
             }),
             Box::new(|d| d.declared_outputs.push("out".into())),
             Box::new(|d| d.gate = Some(GateText { pass: "true".into(), warn: None })),
+            Box::new(|d| d.visit = 2),
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut d = def();
             change(&mut d);
             assert_ne!(d.key(), base.key(), "variant {i} must change the key");
         }
-        let produced = Produced { files: vec![], values: BTreeMap::from([("k".into(), "v".into())]) };
+        let produced =
+            Produced { files: vec![], values: BTreeMap::from([("k".into(), "v".into())]), handoff: None };
         assert_ne!(result_of(&base.key(), &produced), result_of(&base.key(), &Produced::default()));
     }
 

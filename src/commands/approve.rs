@@ -16,7 +16,8 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         Some(by) => by,
         None => user_name()?,
     };
-    let verdict = Verdict { step: args.step.clone(), decision, by: by.clone(), comment: args.comment };
+    let verdict =
+        Verdict { step: args.step.clone(), decision, by: by.clone(), comment: args.comment, visit: None };
     let opts = SessionOptions {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),

@@ -39,13 +39,22 @@ pub fn explain(g: &Global, args: ExplainArgs) -> Result<ExitCode, Error> {
         .filter(|a| args.visit.is_none_or(|v| a.visit == v))
         .find(|a| args.attempt.is_none_or(|n| a.attempt == n));
     let Some(a) = chosen else {
-        return Err(Error::Usage(format!("step `{}` of run `{id}` has no such attempt", args.step)));
+        if args.visit.is_some() || args.attempt.is_some() {
+            return Err(Error::Usage(format!("step `{}` of run `{id}` has no such attempt", args.step)));
+        }
+        let v = json!({ "run_id": id, "step": step.id, "verdict": "no_receipt" });
+        return say(
+            g,
+            v,
+            &format!("step `{}` of run {id} has not run (it is {})", step.id, step.status.as_str()),
+        );
     };
     let label = format!("{} attempt {}", visit_label(&step.id, a.visit), a.attempt);
     if a.receipt.is_none() {
         let why = match a.status {
             AttemptStatus::Running => "it is still running",
             AttemptStatus::Interrupted => "it was interrupted before it finished",
+            AttemptStatus::Succeeded => "it called a flow, whose steps have receipts of their own",
             _ => "it never started (its command or an input could not be used)",
         };
         return say(
@@ -88,7 +97,7 @@ pub fn explain(g: &Global, args: ExplainArgs) -> Result<ExitCode, Error> {
             v,
             &format!(
                 "{label} of run {id} ran: no earlier successful receipt of step `{}` of flow `{}` exists{off_note}",
-                this.definition.step, state.flow
+                this.step, state.flow
             ),
         );
     };

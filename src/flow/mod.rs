@@ -288,7 +288,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         }
     }
     routes::build(&scope, &mut steps, rules)?;
-    let profiles = build_profiles(&scope, raw.profiles)?;
+    let profiles = build_profiles(&scope, &steps, raw.profiles)?;
 
     Ok(Flow {
         name: src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "flow".into()),
@@ -346,6 +346,7 @@ type RawProfiles = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<r
 
 fn build_profiles(
     scope: &Scope,
+    steps: &[Step],
     raw: RawProfiles,
 ) -> Result<BTreeMap<String, Vec<(usize, Gate)>>, FlowError> {
     let mut out = BTreeMap::new();
@@ -366,6 +367,13 @@ fn build_profiles(
                     },
                 ));
             };
+            if steps[i].call.is_some() {
+                let field = format!("profiles.{}.{}", name.get_ref(), step.get_ref());
+                return Err(scope.src.error_at(
+                    step.span().start,
+                    FlowErrorKind::NotForCall { step: step.into_inner(), field },
+                ));
+            }
             list.push((i, scope.gate(gate)?));
         }
         out.insert(name.into_inner(), list);

@@ -225,6 +225,9 @@ pub struct StepCached {
     /// Its `$RUNNER_OUTPUT` values, restored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
+    /// Its handoff, restored (and written again into this attempt's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,11 @@ pub struct Verdict {
     pub decision: Decision,
     pub by: String,
     pub comment: Option<String>,
+    /// The visit whose request it decides; `None` from the command line means the step's
+    /// current request. A queued verdict always names it, so that a copy left behind by a
+    /// crash can never decide a later visit's request.
+    #[serde(default)]
+    pub visit: Option<u32>,
 }
 
 /// How a verdict was taken.
@@ -54,16 +59,20 @@ pub fn decide(
 ) -> Result<Decided, OpenError> {
     let refused = |why: String| OpenError::Approval { run_id: run_id.to_string(), why };
     let deadline = Instant::now() + QUEUE_WAIT;
-    let mut queued: Option<PathBuf> = None;
+    let mut queued: Option<(PathBuf, Verdict)> = None;
     loop {
         match open_locked(runs, run_id, opts) {
             Ok(Opened::Done) => {
                 return Err(refused("the run has succeeded; no step waits for approval".into()));
             }
             Ok(Opened::Ready(mut session, _)) => {
-                // A queued copy that the runner did not take before it stopped is ours now.
-                if let Some(file) = &queued {
+                // A queued copy that the runner did not take before it stopped is ours now,
+                // unless the runner journaled it and died before removing the file.
+                if let Some((file, queued_verdict)) = &queued {
                     let _ = std::fs::remove_file(file);
+                    if session.already_decided(queued_verdict) {
+                        return Ok(Decided::Locked(session));
+                    }
                 }
                 session.apply_verdict(verdict)?.map_err(refused)?;
                 session.commit()?;
@@ -74,15 +83,16 @@ pub fn decide(
         }
         let dir = runs.existing(run_id)?;
         let file = match &queued {
-            Some(file) => file.clone(),
+            Some((file, _)) => file.clone(),
             None => {
                 // Checked against the journal first, so a verdict that cannot apply is
                 // refused here and nothing is queued.
                 let state = load_run(&dir, true, u64::MAX)?.state;
-                check_verdict(&state, verdict).map_err(refused)?;
-                let file = enqueue(&dir, verdict)
+                let visit = check_verdict(&state, verdict).map_err(refused)?;
+                let pinned = Verdict { visit: Some(visit), ..verdict.clone() };
+                let file = enqueue(&dir, &pinned)
                     .map_err(|e| OpenError::Store(StoreError::io(&dir.join(INBOX_DIR), e)))?;
-                queued = Some(file.clone());
+                queued = Some((file.clone(), pinned));
                 file
             }
         };
@@ -139,6 +149,15 @@ fn check_verdict(state: &RunState, v: &Verdict) -> Result<u32, String> {
     let Some(request) = st.approvals.last() else {
         return Err(format!("step `{}` has no approval request", v.step));
     };
+    if let Some(visit) = v.visit
+        && visit != request.visit
+    {
+        return Err(format!(
+            "the request of `{}` this decided (visit {visit}) was settled already; the step now asks \
+             about visit {}",
+            v.step, request.visit
+        ));
+    }
     if !request.approvers.is_empty() && !request.approvers.contains(&v.by) {
         return Err(format!(
             "`{}` may not decide on `{}`: its approvers are {}",
@@ -208,9 +227,15 @@ impl Session {
         Ok(())
     }
 
-    /// The step's latest decision is this verdict already.
+    /// The request this verdict is about was decided by it already (a journaled verdict
+    /// whose inbox file a crash left behind).
     fn already_decided(&self, v: &Verdict) -> bool {
-        self.state.step(&v.step).and_then(|s| s.approvals.last()).is_some_and(|a| {
+        let Some(st) = self.state.step(&v.step) else { return false };
+        let request = match v.visit {
+            Some(visit) => st.approvals.iter().rev().find(|a| a.visit == visit),
+            None => st.approvals.last(),
+        };
+        request.is_some_and(|a| {
             a.decision == Some(v.decision)
                 && a.decided_by.as_deref() == Some(v.by.as_str())
                 && a.comment == v.comment

@@ -169,7 +169,7 @@ impl Session {
         } else if self.no_cache {
             Some("forced".to_string())
         } else {
-            match self.lookup(&key) {
+            match self.lookup(idx, &key) {
                 Lookup::Hit(from, found) => {
                     return self.record_cached(idx, visit, attempt, definition, key, from, *found);
                 }
@@ -213,6 +213,11 @@ impl Session {
     ) -> Result<(), SessionError> {
         let produced = found.produced.unwrap_or_default();
         let outputs = produced.values.clone();
+        let handoff = produced.handoff.clone();
+        // The steps after it read the handoff from this attempt's directory.
+        if let Some(h) = &handoff {
+            self.write_handoff(idx, visit, attempt, h)?;
+        }
         // The original's own source, if it was itself a reuse: always point at who ran it.
         let from = found.cached_from.unwrap_or(from);
         let receipt = self.write_receipt(
@@ -233,7 +238,32 @@ impl Session {
             receipt,
             from,
             outputs,
+            handoff,
         }))
+    }
+
+    /// Writes a restored handoff where a dependent's `$RUNNER_HANDOFF_IN` points.
+    fn write_handoff(
+        &self,
+        idx: usize,
+        visit: u32,
+        attempt: u32,
+        h: &crate::journal::Handoff,
+    ) -> Result<(), SessionError> {
+        let dir = attempt_dir(&self.dir, &self.flow.steps[idx].id, visit, attempt);
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| crate::fsutil::write_replace(&dir.join(name), "handoff", bytes))
+                .map_err(|source| SessionError::Commit {
+                    run_id: self.state.run_id.clone(),
+                    source: crate::journal::JournalError::io(&dir.join(name), source),
+                })
+        };
+        write(HANDOFF_FILE, h.content_md.as_bytes())?;
+        if let Some(meta) = &h.metadata {
+            write(HANDOFF_META_FILE, meta.to_string().as_bytes())?;
+        }
+        Ok(())
     }
 
     /// A command (or call) that cannot be started is a failed attempt, not a crash: it
@@ -370,7 +400,7 @@ impl Session {
                 .transpose()
         };
         let (reason, exit_code, signal, message) = match (exit, left) {
-            (_, Some(Ok((outputs, handoff)))) => match self.produced(r.step, &outputs) {
+            (_, Some(Ok((outputs, handoff)))) => match self.produced(r.step, &outputs, &handoff) {
                 Err(message) => (FailReason::MissingOutput, Some(0), None, message),
                 Ok(produced) => match self.check_gate(r.step, visit, attempt, &outputs)? {
                     None => {

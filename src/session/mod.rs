@@ -340,7 +340,7 @@ impl Session {
         // A success (of a command or of a call) may change what later steps see, and a
         // router's success waits for its decision.
         if let Some(i) = step
-            && matches!(record.event, Event::StepSucceeded(_) | Event::CallReturned(_))
+            && matches!(record.event, Event::StepSucceeded(_) | Event::StepCached(_) | Event::CallReturned(_))
         {
             let has = self.state.steps[i].outputs().is_some_and(|o| !o.is_empty());
             let changed = if has { self.with_outputs.insert(i) } else { self.with_outputs.remove(&i) };

@@ -49,9 +49,12 @@ impl Session {
             }
             files
         };
+        // What the step sees of others: its needs, and the other steps on a loop with it.
+        let mates = step.loop_mates.iter().filter(|&&m| m != idx && !step.needs.contains(&m));
         let upstream = step
             .needs
             .iter()
+            .chain(mates)
             .map(|&n| {
                 let st = &self.state.steps[n];
                 let result = match (st.status, st.success()) {
@@ -67,6 +70,7 @@ impl Session {
                             ),
                         }
                     }
+                    // Skipped, or not reached yet (a loop mate before its first visit).
                     (status, _) => status.as_str().to_string(),
                 };
                 (local(&st.id), result)
@@ -82,6 +86,7 @@ impl Session {
             declared_outputs,
             inputs,
             upstream,
+            visit: self.state.steps[idx].next_visit(),
             gate: step.gate.as_deref().map(|g| receipt::GateText {
                 pass: g.pass.source().to_string(),
                 warn: g.warn.as_ref().map(|w| w.source().to_string()),
@@ -91,20 +96,42 @@ impl Session {
 
     /// Looks for a successful receipt with `key` under the runs directory whose declared
     /// output files still hold what it recorded.
-    pub(super) fn lookup(&mut self, key: &str) -> Lookup {
+    pub(super) fn lookup(&mut self, idx: usize, key: &str) -> Lookup {
         let runs_root = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        // The step's own earlier visits first, from the state: whether they count must not
+        // depend on how far the projection thread has got.
+        let st = &self.state.steps[idx];
+        let mut rows: Vec<Source> = st
+            .attempts
+            .iter()
+            .rev()
+            .filter(|a| a.status.is_success() && a.receipt.as_ref().is_some_and(|r| r.key == key))
+            .map(|a| Source {
+                run_id: self.state.run_id.clone(),
+                step: st.id.clone(),
+                visit: a.visit,
+                attempt: a.attempt,
+            })
+            .collect();
         if self.cache_index.is_none() {
             match open_index(&RunsDir::new(runs_root.clone())) {
                 Ok(p) => self.cache_index = Some(p),
-                Err(e) => return Lookup::Miss(format!("miss: the cache index is unavailable ({e})")),
+                Err(e) if rows.is_empty() => {
+                    return Lookup::Miss(format!("miss: the cache index is unavailable ({e})"));
+                }
+                Err(_) => {}
             }
         }
-        let Some(index) = &self.cache_index else { return Lookup::Miss("miss".into()) };
-        let found = index.receipts_with_key(key, CANDIDATES);
-        let rows = match found {
-            Ok(rows) => rows,
-            Err(e) => return Lookup::Miss(format!("miss: the cache index is unavailable ({e})")),
-        };
+        if let Some(index) = &self.cache_index {
+            match index.receipts_with_key(key, CANDIDATES) {
+                Ok(found) => rows
+                    .extend(found.into_iter().filter(|s| s.run_id != self.state.run_id || s.step != st.id)),
+                Err(e) if rows.is_empty() => {
+                    return Lookup::Miss(format!("miss: the cache index is unavailable ({e})"));
+                }
+                Err(_) => {}
+            }
+        }
         let workdir = Path::new(&self.state.workdir);
         let mut first_stale = None;
         for from in rows {
@@ -127,7 +154,12 @@ impl Session {
 
     /// What a successful attempt of step `idx` produced: its declared output files (each
     /// must exist) and its values. `Err` names the missing file.
-    pub(super) fn produced(&self, idx: usize, values: &BTreeMap<String, String>) -> Result<Produced, String> {
+    pub(super) fn produced(
+        &self,
+        idx: usize,
+        values: &BTreeMap<String, String>,
+        handoff: &Option<crate::journal::Handoff>,
+    ) -> Result<Produced, String> {
         let declared =
             self.flow.steps[idx].files.as_deref().map(|f| f.outputs.as_slice()).unwrap_or_default();
         let files = if declared.is_empty() {
@@ -140,7 +172,7 @@ impl Session {
             }
             files
         };
-        Ok(Produced { files, values: values.clone() })
+        Ok(Produced { files, values: values.clone(), handoff: handoff.clone() })
     }
 
     /// Writes the receipt of a finished attempt and returns its hashes for the event.

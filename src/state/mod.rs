@@ -551,6 +551,7 @@ impl RunState {
                     finished_at: Some(ts.clone()),
                     duration_ms: Some(0),
                     outputs: e.outputs.clone(),
+                    handoff: e.handoff.clone().map(Box::new),
                     receipt: Some(Box::new(e.receipt.clone())),
                     cache: Some(Box::new(CacheNote { from: Some(e.from.clone()), miss: None })),
                     ..Attempt::begin(e.visit, e.attempt, ts)

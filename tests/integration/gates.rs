@@ -391,3 +391,51 @@ run = "echo shipped >> ship.out"
     assert_eq!(env.count("ship.out"), 1);
     env.assert_rebuild_matches_live();
 }
+
+#[test]
+fn a_queued_verdict_left_behind_never_decides_a_later_visit() {
+    let env = Env::new();
+    let flow = env.flow(
+        "loop",
+        r#"
+[[steps]]
+id = "dev"
+max_visits = 2
+run = "echo rev=$RUNNER_VISIT >> $RUNNER_OUTPUT"
+
+[[steps]]
+id = "review"
+max_visits = 2
+approval = true
+run = "true"
+next = [{ if = "steps.dev.outputs.rev < 2", goto = "dev" }, { goto = "pub" }]
+
+[[steps]]
+id = "pub"
+run = "echo pub >> pub.out"
+"#,
+    );
+    env.run(&["run", &flow, "--run-id", "q"]).code(3);
+    // A verdict for visit 1, as a live `approve` queues it, applied once...
+    let queued = r#"{"step":"review","decision":"approved","by":"alice","comment":null,"visit":1}"#;
+    env.write("runs/q/inbox/1-1.json", queued);
+    env.run(&["resume", "--run-id", "q"]).code(3).stderr_has("review#2: waiting for approval");
+    // ...and the same file again (a crash before its removal): it must not approve visit 2.
+    env.write("runs/q/inbox/1-1.json", queued);
+    env.run(&["resume", "--run-id", "q"]).code(3);
+    assert_eq!(env.count("pub.out"), 0);
+    let decided = env.events("q").iter().filter(|e| *e == "ApprovalDecided:review").count();
+    assert_eq!(decided, 1);
+    assert!(
+        !env.path().join("runs/q/inbox/1-1.json").exists(),
+        "the stale verdict was taken out of the inbox"
+    );
+}
+
+#[test]
+fn a_profile_cannot_gate_a_call_step() {
+    let env = Env::new();
+    env.flow("sub", "[[steps]]\nid='s'\nrun='true'\n");
+    let flow = env.flow("main", "[[steps]]\nid='c'\ncall='sub'\n[profiles.strict]\nc={ pass='true' }\n");
+    env.run(&["validate", &flow]).code(2).stderr_has("`profiles.strict.c` is for a step that runs a command");
+}

@@ -302,3 +302,79 @@ test = { pass = "steps.test.outputs.coverage >= 90" }
     assert_eq!(env.count("test.out"), 2, "the strict run ran the step instead of reusing the lax result");
     env.run(&["explain", "--run-id", &strict.run_id(), "--step", "test"]).code(0).stdout_has("gate changed");
 }
+
+#[test]
+fn a_cached_router_routes_and_a_cached_step_hands_on_its_outputs_and_handoff() {
+    let env = Env::new();
+    let flow = env.flow(
+        "routed",
+        r#"
+[defaults]
+cache = true
+
+[[steps]]
+id = "triage"
+run = "echo kind=a >> $RUNNER_OUTPUT; echo '# notes' > $RUNNER_HANDOFF"
+next = [{ if = "steps.triage.outputs.kind == 'a'", goto = "a" }, { goto = "b" }]
+
+[[steps]]
+id = "a"
+needs = ["triage"]
+cache = false
+run = 'echo "kind=[$RUNNER_OUTPUT_TRIAGE_KIND] $(cat $RUNNER_HANDOFF_IN)" >> a.out'
+
+[[steps]]
+id = "b"
+needs = ["triage"]
+run = "echo b >> b.out"
+"#,
+    );
+    env.run(&["run", &flow]).code(0);
+    let second = env.run(&["run", &flow]).code(0).stderr_has("triage: cached").run_id();
+    assert_eq!(
+        env.read("a.out"),
+        "kind=[a] # notes\nkind=[a] # notes\n",
+        "the cached step's values and handoff reach `a`"
+    );
+    assert_eq!(env.count("b.out"), 0);
+    let routed = env.journal(&second).into_iter().filter(|e| e["type"] == "RoutingDecided").count();
+    assert_eq!(routed, 1, "the cached router decided once");
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn a_loop_with_cached_steps_still_progresses_visit_by_visit() {
+    let env = Env::new();
+    let flow = env.flow(
+        "loop",
+        r#"
+[defaults]
+cache = true
+
+[[steps]]
+id = "dev"
+max_visits = 3
+run = "echo rev=$RUNNER_VISIT >> $RUNNER_OUTPUT; echo x >> dev.out"
+
+[[steps]]
+id = "rev"
+max_visits = 3
+run = "if [ $RUNNER_OUTPUT_DEV_REV -ge 2 ]; then echo verdict=ok; else echo verdict=changes; fi >> $RUNNER_OUTPUT"
+next = [{ if = "steps.rev.outputs.verdict == 'changes'", goto = "dev" }, { goto = "pub" }]
+
+[[steps]]
+id = "pub"
+needs = ["rev"]
+run = "echo published >> pub.out"
+"#,
+    );
+    env.run(&["run", &flow]).code(0);
+    assert_eq!(
+        (env.count("dev.out"), env.count("pub.out")),
+        (2, 1),
+        "visit 2 of dev ran, not a copy of visit 1"
+    );
+    // The whole loop again, from the cache: the same two visits, nothing runs.
+    env.run(&["run", &flow]).code(0).stderr_has("dev#2: cached").stderr_has("pub: cached");
+    assert_eq!((env.count("dev.out"), env.count("pub.out")), (2, 1));
+}
