@@ -1231,6 +1231,25 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
             Action::Succeed(i) => {
                 // Some successes leave outputs and a handoff, so their tables are compared too.
                 let leaves = c.is_multiple_of(3);
+                // Some pass a gate first (with a warning or not), for the `gates` table.
+                if c.is_multiple_of(5) {
+                    events.push(Event::GateEvaluated(runner::journal::GateEvaluated {
+                        step: ids[i].clone(),
+                        visit: 1,
+                        attempt: attempts[i],
+                        outcome: if c.is_multiple_of(2) {
+                            runner::journal::GateOutcome::Warn
+                        } else {
+                            runner::journal::GateOutcome::Pass
+                        },
+                        pass: "steps.x.outputs.v >= 80".into(),
+                        warn: Some("steps.x.outputs.v >= 60".into()),
+                        profile: c.is_multiple_of(3).then(|| "strict".to_string()),
+                        values: [("steps.x.outputs.v".to_string(), Some(format!("{}", c % 100)))]
+                            .into_iter()
+                            .collect(),
+                    }));
+                }
                 events.push(Event::StepSucceeded(StepSucceeded {
                     step: ids[i].clone(),
                     visit: 1,
