@@ -68,13 +68,18 @@ impl Reporter {
                     human_ms(e.duration_ms)
                 ));
             }
-            Event::StepCached(e) if !quiet => {
-                self.line(&format!(
-                    "{}: cached (reused the receipt of {} in run {})",
-                    visit_label(&e.step, e.visit),
-                    visit_label(&e.from.step, e.from.visit),
-                    e.from.run_id
-                ));
+            Event::StepCached(e) => {
+                if !quiet {
+                    self.line(&format!(
+                        "{}: cached (reused the receipt of {} in run {})",
+                        visit_label(&e.step, e.visit),
+                        visit_label(&e.from.step, e.from.visit),
+                        e.from.run_id
+                    ));
+                }
+                if let Some(g) = e.gate.as_ref().filter(|g| g.outcome == GateOutcome::Warn) {
+                    self.gate_warning(g);
+                }
             }
             Event::CallPushed(e) if !quiet => {
                 let why = match e.reason {
@@ -178,13 +183,7 @@ impl Reporter {
                 }
                 self.line(&text);
             }
-            Event::GateEvaluated(e) if e.outcome == GateOutcome::Warn => self.warn(&format!(
-                "{}: gate passed with a warning: `{}` is false, `{}` holds{}",
-                visit_label(&e.step, e.visit),
-                e.pass,
-                e.warn.as_deref().unwrap_or_default(),
-                gate_values(&e.values)
-            )),
+            Event::GateEvaluated(e) if e.outcome == GateOutcome::Warn => self.gate_warning(e),
             Event::RunPaused(e) => {
                 let runs = self.runs_dir_arg();
                 let id = &state.run_id;
@@ -206,6 +205,16 @@ impl Reporter {
             )),
             _ => {}
         }
+    }
+
+    fn gate_warning(&self, e: &crate::journal::GateEvaluated) {
+        self.warn(&format!(
+            "{}: gate passed with a warning: `{}` is false, `{}` holds{}",
+            visit_label(&e.step, e.visit),
+            e.pass,
+            e.warn.as_deref().unwrap_or_default(),
+            gate_values(&e.values)
+        ));
     }
 
     /// ` --runs-dir DIR` when commands must name the runs directory to find this run.

@@ -228,6 +228,9 @@ pub struct StepCached {
     /// Its handoff, restored (and written again into this attempt's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// The step's gate on the restored values (a warning shows as for a run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateEvaluated>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -171,7 +171,19 @@ impl Session {
         } else {
             match self.lookup(idx, &key) {
                 Lookup::Hit(from, found) => {
-                    return self.record_cached(idx, visit, attempt, definition, key, from, *found);
+                    // The gate is in the key, but it may read other steps' outputs: a cached
+                    // result is judged again, and one it now blocks runs instead.
+                    let values = found.produced.as_ref().map(|p| p.values.clone()).unwrap_or_default();
+                    let gate = self.gate_verdict(idx, visit, attempt, &values);
+                    match gate {
+                        Some(g) if g.outcome == GateOutcome::Block => {
+                            Some("stale: its gate blocks the cached result".to_string())
+                        }
+                        gate => {
+                            return self
+                                .record_cached(idx, visit, attempt, definition, key, from, *found, gate);
+                        }
+                    }
                 }
                 Lookup::Miss(why) => Some(why),
             }
@@ -210,6 +222,7 @@ impl Session {
         key: String,
         from: crate::receipt::Source,
         found: crate::receipt::Receipt,
+        gate: Option<GateEvaluated>,
     ) -> Result<(), SessionError> {
         let produced = found.produced.unwrap_or_default();
         let outputs = produced.values.clone();
@@ -239,6 +252,7 @@ impl Session {
             from,
             outputs,
             handoff,
+            gate,
         }))
     }
 
@@ -485,19 +499,8 @@ impl Session {
         attempt: u32,
         outputs: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<String>, SessionError> {
-        let Some(gate) = self.flow.steps[idx].gate.as_deref() else { return Ok(None) };
-        let (outcome, values) = crate::scheduler::gate_verdict(&self.flow, &self.state, idx, gate, outputs);
-        let event = GateEvaluated {
-            step: self.flow.steps[idx].id.clone(),
-            visit,
-            attempt,
-            outcome,
-            pass: gate.pass.source().to_string(),
-            warn: gate.warn.as_ref().map(|w| w.source().to_string()),
-            profile: self.state.profile.clone(),
-            values,
-        };
-        let blocked = (outcome == GateOutcome::Block).then(|| {
+        let Some(event) = self.gate_verdict(idx, visit, attempt, outputs) else { return Ok(None) };
+        let blocked = (event.outcome == GateOutcome::Block).then(|| {
             format!(
                 "gate blocked the step: `{}` is false{}",
                 event.pass,
@@ -506,6 +509,28 @@ impl Session {
         });
         self.record(Event::GateEvaluated(event))?;
         Ok(blocked)
+    }
+
+    /// Step `idx`'s gate, if it has one, on `outputs`: the verdict with what it read.
+    fn gate_verdict(
+        &self,
+        idx: usize,
+        visit: u32,
+        attempt: u32,
+        outputs: &std::collections::BTreeMap<String, String>,
+    ) -> Option<GateEvaluated> {
+        let gate = self.flow.steps[idx].gate.as_deref()?;
+        let (outcome, values) = crate::scheduler::gate_verdict(&self.flow, &self.state, idx, gate, outputs);
+        Some(GateEvaluated {
+            step: self.flow.steps[idx].id.clone(),
+            visit,
+            attempt,
+            outcome,
+            pass: gate.pass.source().to_string(),
+            warn: gate.warn.as_ref().map(|w| w.source().to_string()),
+            profile: self.state.profile.clone(),
+            values,
+        })
     }
 
     /// What a successful attempt left for its successors: outputs and a handoff.

@@ -552,6 +552,7 @@ impl RunState {
                     duration_ms: Some(0),
                     outputs: e.outputs.clone(),
                     handoff: e.handoff.clone().map(Box::new),
+                    gate: e.gate.clone().map(Box::new),
                     receipt: Some(Box::new(e.receipt.clone())),
                     cache: Some(Box::new(CacheNote { from: Some(e.from.clone()), miss: None })),
                     ..Attempt::begin(e.visit, e.attempt, ts)

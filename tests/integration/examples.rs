@@ -257,6 +257,11 @@ fn the_release_example_gates_caches_and_waits_for_its_approval() {
     env.run(&["run", flow, "--run-id", "v3", "--param", "coverage=75"])
         .code(3)
         .stderr_has("gate passed with a warning");
+    // A cached result is judged by its gate again: the warning is not lost.
+    env.run(&["run", flow, "--run-id", "v3b", "--param", "coverage=75"])
+        .code(3)
+        .stderr_has("test: cached")
+        .stderr_has("gate passed with a warning");
     env.run(&["run", flow, "--run-id", "v4", "--profile", "strict"])
         .code(1)
         .stderr_has("gate blocked the step");
