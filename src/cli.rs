@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// Run every step, even those whose cached receipt matches
     #[arg(long)]
     pub no_cache: bool,
+    /// Read values of the flow's secrets from this dotenv file (it wins over the environment)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +122,9 @@ pub struct DecideArgs {
     /// With --resume: how many steps may run at once (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "resume")]
     pub jobs: Option<u32>,
+    /// With --resume: read secret values from this dotenv file
+    #[arg(long, value_name = "FILE", requires = "resume")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +146,10 @@ pub struct ResumeArgs {
     /// Run every step, even those whose cached receipt matches
     #[arg(long)]
     pub no_cache: bool,
+    /// Read values of the flow's secrets from this dotenv file (they are never stored, so
+    /// a resume needs them again)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub enum Error {
     Session(#[from] SessionError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("{0}")]
     Usage(String),
     #[error("{}: {source}", path.display())]
@@ -36,7 +38,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Flow(_) | Error::Param(_) | Error::Usage(_) => ExitCode::Usage,
+            Error::Flow(_) | Error::Param(_) | Error::Usage(_) | Error::Secrets(_) => ExitCode::Usage,
             Error::Store(e) => store_code(e),
             Error::Load(e) => load_code(e),
             Error::Open(e) => match e {
@@ -47,7 +49,8 @@ impl Error {
                 | OpenError::StepsChanged { .. }
                 | OpenError::FlowInvalid { .. }
                 | OpenError::Frames { .. }
-                | OpenError::Approval { .. } => ExitCode::Usage,
+                | OpenError::Approval { .. }
+                | OpenError::Secrets { .. } => ExitCode::Usage,
                 OpenError::Session(e) => session_code(e),
             },
             Error::Session(e) => session_code(e),

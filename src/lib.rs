@@ -21,6 +21,7 @@ pub mod projection;
 pub mod receipt;
 pub mod report;
 pub mod scheduler;
+pub mod secrets;
 pub mod session;
 pub mod state;
 pub mod store;

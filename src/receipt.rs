@@ -44,6 +44,9 @@ pub struct Definition {
     /// The result of each step it needs, and of the other steps on a loop with it (whose
     /// outputs it sees), by id.
     pub upstream: BTreeMap<String, String>,
+    /// The names of the secrets it gets: their values are never hashed (or stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// The visit (`$RUNNER_VISIT`), for a step on a loop.
     #[serde(default = "first_visit", skip_serializing_if = "is_first_visit")]
     pub visit: u32,
@@ -229,6 +232,7 @@ pub fn diff(before: &Definition, after: &Definition) -> Vec<Change> {
     maps(&mut out, "input", &files(&before.inputs), &files(&after.inputs));
     maps(&mut out, "upstream", &before.upstream, &after.upstream);
     single(&mut out, "visit", &before.visit.to_string(), &after.visit.to_string());
+    single(&mut out, "secrets", &before.secrets.join(", "), &after.secrets.join(", "));
     single(&mut out, "gate", &GateText::shown(&before.gate), &GateText::shown(&after.gate));
     out
 }
@@ -267,6 +271,7 @@ mod tests {
             declared_outputs: vec![],
             inputs: vec![FileDigest { path: "data/a".into(), size: 1, blake3: "x".into() }],
             upstream: BTreeMap::from([("up".into(), "r1".into())]),
+            secrets: vec![],
             visit: 1,
             gate: None,
         }

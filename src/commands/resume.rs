@@ -20,6 +20,7 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         accept_flow_change: args.accept_flow_change,
         profile: None,
         no_cache: args.no_cache,
+        env_file: args.env_file.clone(),
     };
     resume_run(g, &id, &opts)
 }

@@ -38,7 +38,11 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         accept_flow_change: false,
         profile: args.profile.clone(),
         no_cache: args.no_cache,
+        env_file: args.env_file.clone(),
     };
+    // Every secret must have a value before anything is created (they are looked up again
+    // by the session that drives the run, and never stored).
+    crate::secrets::Secrets::from_env_file(args.env_file.as_deref())?.resolve(&flow.secret_names())?;
     let runs = g.runs();
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;

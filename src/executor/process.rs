@@ -7,10 +7,12 @@
 //! is in the journal, and a resume can find and stop any attempt that outlived its runner.
 
 use std::fs::File;
-use std::io::{self, PipeWriter, Write};
+use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -30,6 +32,11 @@ pub struct SpawnSpec<'a> {
     pub workdir: &'a Path,
     pub stdout: File,
     pub stderr: File,
+    /// Inherited variables the command must not see (secrets it did not declare).
+    pub remove_env: &'a [String],
+    /// When set, the output goes through the runner, which masks these values before it
+    /// reaches the log files.
+    pub redact: Option<Arc<crate::secrets::Redactor>>,
 }
 
 /// A child that exists but waits at its gate.
@@ -39,6 +46,8 @@ pub struct Gated {
     /// Start time in clock ticks since boot (from /proc), to recognise this process later.
     pub proc_start: u64,
     gate: PipeWriter,
+    /// Threads copying masked output into the logs; done when every writer has closed.
+    pub relays: Vec<JoinHandle<()>>,
 }
 
 impl Gated {
@@ -54,21 +63,47 @@ pub fn spawn_gated(spec: SpawnSpec) -> io::Result<Gated> {
     let mut script = String::with_capacity(GATE_PROLOGUE.len() + spec.command.len());
     script.push_str(GATE_PROLOGUE);
     script.push_str(spec.command);
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.workdir)
-        .stdin(Stdio::from(gate_in))
-        .stdout(Stdio::from(spec.stdout))
-        .stderr(Stdio::from(spec.stderr))
-        .process_group(0)
-        .spawn()?;
+    let mut command = Command::new("/bin/sh");
+    for name in spec.remove_env {
+        command.env_remove(name);
+    }
+    command.arg("-c").arg(script).envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(spec.workdir);
+    let mut relays = Vec::new();
+    let (stdout, stderr) = match &spec.redact {
+        None => (Stdio::from(spec.stdout), Stdio::from(spec.stderr)),
+        Some(r) => {
+            let (out_r, out_w) = io::pipe()?;
+            let (err_r, err_w) = io::pipe()?;
+            relays.push(relay(out_r, spec.stdout, Arc::clone(r))?);
+            relays.push(relay(err_r, spec.stderr, Arc::clone(r))?);
+            (Stdio::from(out_w), Stdio::from(err_w))
+        }
+    };
+    let child = command.stdin(Stdio::from(gate_in)).stdout(stdout).stderr(stderr).process_group(0).spawn()?;
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
     // The reaper collects exit statuses for every child, so the handle is not waited on.
     drop(child);
     let proc_start = super::procfs::start_time(pid).unwrap_or(0);
-    Ok(Gated { pid, proc_start, gate })
+    Ok(Gated { pid, proc_start, gate, relays })
+}
+
+/// Copies a pipe into a log file, masking secrets, until every writer has closed it.
+fn relay(mut from: PipeReader, mut to: File, r: Arc<crate::secrets::Redactor>) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("log-relay".into()).spawn(move || {
+        let mut stream = r.stream();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let _ = to.write_all(&stream.push(&buf[..n]));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.write_all(&stream.finish());
+    })
 }
 
 /// Sends `signal` to the process group `pgid`; a group that is already gone is fine.

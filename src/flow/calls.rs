@@ -122,6 +122,12 @@ pub fn instantiate(callee: &Flow, prefix: &str, frame: u32, offset: usize) -> Ve
             let mut env = callee.env.clone();
             env.extend(s.env.clone());
             step.env = env;
+            // The callee's flow-level secrets belong to each of its steps.
+            for name in callee.secrets.iter().rev() {
+                if !step.secrets.contains(name) {
+                    step.secrets.insert(0, name.clone());
+                }
+            }
             step.scope = prefix.to_string();
             step.frame = Some(frame);
             step

@@ -88,6 +88,10 @@ pub enum FlowErrorKind {
     ProfileStep { profile: String, step: String, hint: String },
     #[error("invalid profile name `{0}`: use letters, digits, `_` or `-`")]
     ProfileName(String),
+    #[error(
+        "`{0}` is both a secret and in `env`: a secret's value comes from the environment or --env-file, never from the flow"
+    )]
+    SecretInEnv(String),
 }
 
 /// A flow error with the file and, when known, the line and column it concerns.

@@ -45,6 +45,8 @@ pub struct Flow {
     pub hash: String,
     /// Named sets of gates that replace steps' own gates (`runner run --profile NAME`).
     pub profiles: BTreeMap<String, Vec<(usize, Gate)>>,
+    /// `secrets` of the flow: every step gets them.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -95,6 +97,8 @@ pub struct Step {
     pub files: Option<Box<Files>>,
     /// `cache`: reuse a matching successful receipt instead of running.
     pub cache: bool,
+    /// `secrets` of the step: only it gets them (besides the flow's).
+    pub secrets: Vec<String>,
 }
 
 /// Who must approve a step, and what they are told.
@@ -245,6 +249,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     }
 
     let env = env_table(src, raw.env)?;
+    let secrets = secret_names(src, raw.secrets, &env)?;
     let defaults = Defaults::build(src, raw.defaults)?;
 
     if raw.steps.is_empty() {
@@ -299,7 +304,36 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         steps,
         hash,
         profiles,
+        secrets,
     })
+}
+
+/// `secrets = ["NAME", …]`: names of environment variables, checked like `env` keys.
+fn secret_names(
+    src: &Source,
+    raw: Option<Vec<Spanned<String>>>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, FlowError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in raw.unwrap_or_default() {
+        let at = name.span().start;
+        let n = name.into_inner();
+        let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(src.error_at(at, FlowErrorKind::EnvName(n)));
+        }
+        if n.starts_with("RUNNER_") {
+            return Err(src.error_at(at, FlowErrorKind::ReservedEnv(n)));
+        }
+        if env.contains_key(&n) {
+            return Err(src.error_at(at, FlowErrorKind::SecretInEnv(n)));
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 /// `[defaults]`, checked once.
@@ -382,6 +416,15 @@ fn build_profiles(
 }
 
 impl Flow {
+    /// Every secret the flow declares, at flow or step level, sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.secrets.iter().chain(self.steps.iter().flat_map(|s| &s.secrets)).cloned().collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Puts profile `name`'s gates in place of the steps' own; the caller has checked that
     /// the profile exists (`false` if it does not).
     pub fn apply_profile(&mut self, name: &str) -> bool {
@@ -585,6 +628,8 @@ fn build_step(
     };
     let files = Files { inputs: patterns("inputs", raw.inputs)?, outputs: patterns("outputs", raw.outputs)? };
     let files = (files != Files::default()).then(|| Box::new(files));
+    let step_env = env_table(src, raw.env)?;
+    let secrets = secret_names(src, raw.secrets, &step_env)?;
     let cache = match raw.cache {
         Some(true) if is_call => return Err(not_for_call("cache")),
         Some(c) => c,
@@ -606,7 +651,7 @@ fn build_step(
         id,
         run: run.into_inner(),
         needs,
-        env: env_table(src, raw.env)?,
+        env: step_env,
         timeout,
         retries,
         backoff,
@@ -626,6 +671,7 @@ fn build_step(
         gate,
         files,
         cache,
+        secrets,
     };
     Ok((step, spans, raw.next.unwrap_or_default()))
 }

@@ -21,6 +21,8 @@ pub struct RawFlow {
     #[serde(default)]
     pub steps: Vec<Spanned<RawStep>>,
     pub defaults: Option<RawDefaults>,
+    /// Environment variables whose values are secrets: given to every step, never stored.
+    pub secrets: Option<Vec<Spanned<String>>>,
     /// `[profiles.<name>.<step>]`: gates that replace the step's own when the run is
     /// started with `--profile <name>`.
     #[serde(default)]
@@ -117,6 +119,7 @@ pub struct RawStep {
     pub inputs: Option<Vec<Spanned<String>>>,
     pub outputs: Option<Vec<Spanned<String>>>,
     pub cache: Option<bool>,
+    pub secrets: Option<Vec<Spanned<String>>>,
 }
 
 /// `on_failure = { call = "flows/cleanup.toml", with = { … }, then = "retry" }`.

@@ -249,6 +249,12 @@ impl Session {
         }
     }
 
+    /// `approve --resume`: the secrets the run needs, before it is taken over.
+    pub fn load_secrets_for_resume(&mut self, env_file: Option<&Path>) -> Result<(), OpenError> {
+        let run_id = self.state.run_id.clone();
+        self.load_secrets(env_file).map_err(|source| OpenError::Secrets { run_id, source })
+    }
+
     /// Takes the run over after a verdict (`approve --resume`), as `runner resume` would.
     pub fn take_over_now(&mut self, jobs: usize) -> Result<(), SessionError> {
         self.take_over(jobs, None)

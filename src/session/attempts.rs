@@ -29,6 +29,8 @@ use super::receipts::Lookup;
 const RECHECK: Duration = Duration::from_millis(50);
 /// After SIGKILL, how long to wait for a group before recording the attempt anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an attempt's result waits for its log relays to drain.
+const RELAY_WAIT: Duration = Duration::from_secs(2);
 
 /// An attempt whose process exists.
 pub(super) struct Running {
@@ -50,6 +52,8 @@ pub(super) struct Running {
     pub leader_exit: Option<(Exit, Instant)>,
     /// The definition and key it started with, for its receipt.
     pub definition: Option<Box<(crate::receipt::Definition, String)>>,
+    /// Threads masking secrets in its output on the way to the logs.
+    pub relays: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -67,6 +71,7 @@ impl Running {
             interrupted: false,
             leader_exit: None,
             definition: None,
+            relays: Vec::new(),
         }
     }
 }
@@ -189,8 +194,9 @@ impl Session {
             }
         };
         match self.spawn(idx, visit, attempt) {
-            Ok(gated) => {
+            Ok(mut gated) => {
                 let pid = gated.pid;
+                let relays = std::mem::take(&mut gated.relays);
                 self.reaper.wake();
                 self.record(Event::StepStarted(StepStarted {
                     step: step_id,
@@ -202,6 +208,7 @@ impl Session {
                 }))?;
                 let mut running = Running::new(idx, visit, attempt);
                 running.definition = Some(Box::new((definition, key)));
+                running.relays = relays;
                 self.running.insert(pid, running);
                 self.gates.push((pid, gated));
             }
@@ -324,10 +331,24 @@ impl Session {
         };
         let (stdout, stderr) =
             logs().map_err(|e| format!("cannot create the log files in {}: {e}", dir.display()))?;
-        let env = self.step_env(idx, visit, attempt, &dir);
+        let mut env = self.step_env(idx, visit, attempt, &dir);
+        let granted = self.secrets_for(idx)?;
+        // Secrets it did not declare are not inherited from the runner's environment either.
+        let remove_env: Vec<String> =
+            self.secrets.names().filter(|n| !granted.iter().any(|(g, _)| g == *n)).cloned().collect();
+        env.extend(granted);
         let (step, workdir) = (&self.flow.steps[idx], Path::new(&self.state.workdir));
-        executor::spawn_gated(SpawnSpec { command: &step.run, env: &env, workdir, stdout, stderr })
-            .map_err(|e| format!("cannot start the command: {e}"))
+        let redact = self.redactor.clone();
+        executor::spawn_gated(SpawnSpec {
+            command: &step.run,
+            env: &env,
+            workdir,
+            stdout,
+            stderr,
+            remove_env: &remove_env,
+            redact,
+        })
+        .map_err(|e| format!("cannot start the command: {e}"))
     }
 
     /// The retry delay in ms if step `idx` gets another attempt after the one that just
@@ -384,6 +405,12 @@ impl Session {
 
     fn record_result(&mut self, mut r: Running) -> Result<(), SessionError> {
         let Some((exit, ended)) = r.leader_exit else { return Ok(()) };
+        // The logs are complete (and masked) before anything reads them; a writer that
+        // escaped the group cannot hold the result back for long.
+        let until = Instant::now() + RELAY_WAIT;
+        while r.relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let step = &self.flow.steps[r.step];
         let step_id = step.id.clone();
         let timeout = step.timeout;
@@ -541,6 +568,19 @@ impl Session {
         attempt: u32,
     ) -> Result<(std::collections::BTreeMap<String, String>, Option<crate::journal::Handoff>), String> {
         let dir = attempt_dir(&self.dir, step, visit, attempt);
+        // A secret a step wrote to its outputs or handoff is masked in the file itself, so
+        // it reaches neither the journal nor anything else.
+        if let Some(r) = &self.redactor {
+            for name in [OUTPUT_FILE, HANDOFF_FILE, HANDOFF_META_FILE] {
+                let path = dir.join(name);
+                if let Ok(bytes) = std::fs::read(&path)
+                    && r.contains_secret(&bytes)
+                {
+                    crate::fsutil::write_replace(&path, "redact", &r.redact(&bytes))
+                        .map_err(|e| format!("cannot mask a secret in {}: {e}", path.display()))?;
+                }
+            }
+        }
         let outputs = outputs::read_outputs(&dir.join(OUTPUT_FILE)).map_err(|e| e.to_string())?;
         let handoff = outputs::read_handoff(&dir.join(HANDOFF_FILE), &dir.join(HANDOFF_META_FILE))
             .map_err(|e| e.to_string())?

@@ -126,6 +126,48 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Reads `--env-file` and resolves every secret the run's flow declares; a missing one
+    /// is an error before anything happens. Called when a runner takes a run over.
+    pub(crate) fn load_secrets(
+        &mut self,
+        env_file: Option<&Path>,
+    ) -> Result<(), crate::secrets::SecretsError> {
+        let mut secrets = crate::secrets::Secrets::from_env_file(env_file)?;
+        secrets.resolve(&self.flow.secret_names())?;
+        self.redactor = secrets.redactor().map(std::sync::Arc::new);
+        self.secrets = secrets;
+        Ok(())
+    }
+
+    /// The secrets step `idx` gets: the flow's and its own (a called flow's steps carry
+    /// theirs). One that a called flow declares is looked up now, and masked from now on.
+    pub(super) fn secrets_for(&mut self, idx: usize) -> Result<Vec<(String, String)>, String> {
+        let names = self.secret_names_of(idx);
+        if names.iter().any(|n| self.secrets.get(n).is_none()) {
+            self.secrets.resolve(&names).map_err(|e| format!("cannot start the command: {e}"))?;
+            self.redactor = self.secrets.redactor().map(std::sync::Arc::new);
+        }
+        Ok(names.iter().filter_map(|n| self.secrets.get(n).map(|v| (n.clone(), v.to_string()))).collect())
+    }
+}
+
+impl Session {
+    /// The names of the secrets step `idx` gets, sorted: the flow's and its own (a called
+    /// flow's steps carry their flow's).
+    pub(super) fn secret_names_of(&self, idx: usize) -> Vec<String> {
+        let step = &self.flow.steps[idx];
+        let mut names: Vec<String> = if step.frame.is_some() {
+            step.secrets.clone()
+        } else {
+            self.flow.secrets.iter().chain(&step.secrets).cloned().collect()
+        };
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
 /// `RUNNER_OUTPUT_<STEP>_<KEY>`, upper-cased, with anything not alphanumeric as `_`.
 pub fn output_env_name(step: &str, key: &str) -> String {
     let clean = |s: &str| -> String {

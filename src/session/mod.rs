@@ -116,6 +116,9 @@ pub struct Session {
     cache_index: Option<crate::projection::Projection>,
     /// Inbox files whose verdicts are staged: removed once they are durable.
     inbox_done: Vec<PathBuf>,
+    /// Secret values, in memory only, and the redactor for everything steps write.
+    secrets: crate::secrets::Secrets,
+    redactor: Option<std::sync::Arc<crate::secrets::Redactor>>,
 }
 
 impl Session {
@@ -174,6 +177,8 @@ impl Session {
             no_cache: false,
             cache_index: None,
             inbox_done: Vec::new(),
+            secrets: crate::secrets::Secrets::default(),
+            redactor: None,
             sched: Scheduler::new(&flow, &state),
             flow,
             dir,

@@ -33,6 +33,8 @@ pub struct SessionOptions {
     pub profile: Option<String>,
     /// Run every step, even where a cached receipt matches.
     pub no_cache: bool,
+    /// `--env-file`: where secret values come from besides the environment.
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,12 @@ pub enum OpenError {
     Approval { run_id: String, why: String },
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("run `{run_id}`: {source}")]
+    Secrets {
+        run_id: String,
+        #[source]
+        source: crate::secrets::SecretsError,
+    },
 }
 
 /// What the current process is: who drives the run from now on.
@@ -115,6 +123,9 @@ pub fn start_new(
     let mut session =
         Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts.jobs)?;
     session.no_cache = opts.no_cache;
+    // Checked by `run` before anything was created; a change since is still an error.
+    let run_id = session.state.run_id.clone();
+    session.load_secrets(opts.env_file.as_deref()).map_err(|source| OpenError::Secrets { run_id, source })?;
     session.project(std::slice::from_ref(&created.first));
     Ok(Ok(session))
 }
@@ -132,6 +143,11 @@ pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Res
     match open_locked(runs, run_id, opts)? {
         Opened::Done => Ok(Resumed::Done),
         Opened::Ready(mut session, change) => {
+            // Secret values are never stored: a resume needs them again, before it records
+            // anything.
+            session
+                .load_secrets(opts.env_file.as_deref())
+                .map_err(|source| OpenError::Secrets { run_id: run_id.to_string(), source })?;
             session.take_over(opts.jobs, change)?;
             Ok(Resumed::Ready(session))
         }

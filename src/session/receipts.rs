@@ -86,6 +86,7 @@ impl Session {
             declared_outputs,
             inputs,
             upstream,
+            secrets: self.secret_names_of(idx),
             visit: self.state.steps[idx].next_visit(),
             gate: step.gate.as_deref().map(|g| receipt::GateText {
                 pass: g.pass.source().to_string(),

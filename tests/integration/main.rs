@@ -14,5 +14,6 @@ mod inputs;
 mod journal;
 mod projection;
 mod receipts;
+mod secrets;
 mod semantics;
 mod supervision;
