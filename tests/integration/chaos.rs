@@ -38,7 +38,12 @@ fn chaos_flow() -> String {
         "retries = { attempts = 3, backoff = '20ms' }\n",
         "n=$(grep -c '^flaky ' side-effects.log); [ \"$n\" -ge 3 ]",
     );
-    step("join", Some(&["flaky", "c14"]), "", "sleep 0.02");
+    step(
+        "join",
+        Some(&["flaky", "c14"]),
+        "gate = { pass = \"steps.join.outputs.v >= 1\" }\n",
+        "sleep 0.02; echo v=1 >> \"$RUNNER_OUTPUT\"",
+    );
     step("end", None, "", "true");
     toml
 }
@@ -131,6 +136,31 @@ fn check_run(env: &Env, figures: &mut Figures) {
             }
             Some("StepInterrupted") => figures.interrupted += 1,
             _ => {}
+        }
+        // One receipt per finished attempt, naming the journal's key; none for an
+        // interrupted one (a receipt written just before a kill is set aside on resume).
+        let ty = e["type"].as_str().unwrap_or_default();
+        let ran = !matches!(e["data"]["reason"].as_str(), Some("spawn" | "inputs"));
+        if matches!(ty, "StepSucceeded" | "StepFailed" | "StepInterrupted") && ran {
+            let d = &e["data"];
+            let dir = runner::store::attempt_dir(
+                &env.run_dir("soak"),
+                d["step"].as_str().unwrap_or_default(),
+                d["visit"].as_u64().unwrap_or(1) as u32,
+                d["attempt"].as_u64().unwrap_or(1) as u32,
+            );
+            let receipt = std::fs::read(dir.join("receipt.json")).ok();
+            match ty {
+                "StepInterrupted" => {
+                    assert!(receipt.is_none(), "interrupted attempt in {} has a receipt", dir.display())
+                }
+                _ => {
+                    let r: serde_json::Value =
+                        serde_json::from_slice(&receipt.expect("a finished attempt has its receipt"))
+                            .expect("json");
+                    assert_eq!(r["key"], d["receipt"]["key"], "{}", dir.display());
+                }
+            }
         }
     }
     let steps = journal[0]["data"]["steps"].as_array().expect("steps").len();
