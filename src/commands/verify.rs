@@ -6,9 +6,10 @@ use crate::cli::{Global, VerifyArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::journal::{self, JOURNAL_FILE, JournalError};
+use crate::receipt;
 use crate::report::{note, print};
 use crate::state::{FoldError, RunState, SNAPSHOT_FILE, load_snapshot};
-use crate::store::{FLOW_COPY, LoadError, SnapshotUse, load_run};
+use crate::store::{FLOW_COPY, LoadError, SnapshotUse, attempt_dir, load_run};
 
 pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
     let dir = g.runs().existing(&args.run_id)?;
@@ -65,6 +66,7 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
             Ok(kept) => check_snapshot(&dir, l, kept, &mut notes, &mut warnings, &mut problems),
             Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
+        check_receipts(&dir, &l.state, &mut notes, &mut warnings);
     }
 
     // The verdict is the exit code: a closed stdout (`| head`) must not turn it into 0.
@@ -85,6 +87,36 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(if problems.is_empty() { ExitCode::Success } else { ExitCode::Failed })
+}
+
+/// Every attempt the journal gives a receipt has its `receipt.json`, with the same key and
+/// result. A missing one is a warning, not damage: receipts are not fsync'd, so a power
+/// cut may lose one, which costs a cache hit and nothing else.
+fn check_receipts(
+    dir: &std::path::Path,
+    state: &RunState,
+    notes: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let mut checked = 0;
+    for step in &state.steps {
+        for a in &step.attempts {
+            let Some(want) = &a.receipt else { continue };
+            let path = attempt_dir(dir, &step.id, a.visit, a.attempt).join(receipt::RECEIPT_FILE);
+            checked += 1;
+            match receipt::read(&path) {
+                Ok(r) if r.key == want.key && r.result == want.result => {}
+                Ok(_) => warnings.push(format!(
+                    "{}: its key or result differs from the journal's; the cache will not use it",
+                    path.display()
+                )),
+                Err(e) => warnings.push(format!("{e}; the cache will not use it")),
+            }
+        }
+    }
+    if checked > 0 {
+        notes.push(format!("{checked} receipt(s) checked against the journal"));
+    }
 }
 
 /// Folds every record; returns the state as it was after event `at` (if reached).

@@ -378,3 +378,25 @@ run = "echo published >> pub.out"
     env.run(&["run", &flow]).code(0).stderr_has("dev#2: cached").stderr_has("pub: cached");
     assert_eq!((env.count("dev.out"), env.count("pub.out")), (2, 1));
 }
+
+#[test]
+fn verify_checks_receipts_against_the_journal() {
+    let env = Env::new();
+    let flow = setup(&env);
+    env.run(&["run", &flow, "--run-id", "v"]).code(0);
+    env.run(&["verify", "--run-id", "v"]).code(0).stdout_has("4 receipt(s) checked against the journal");
+    let path = env.run_dir("v").join("steps/report/1/receipt.json");
+    let text = std::fs::read_to_string(&path).expect("receipt");
+    let key = serde_json::from_str::<serde_json::Value>(&text).expect("json")["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(&path, text.replace(&key, &"0".repeat(64))).expect("tamper");
+    env.run(&["verify", "--run-id", "v"]).code(0).stderr_has("its key or result differs from the journal's");
+    std::fs::remove_file(env.run_dir("v").join("steps/lookup/1/receipt.json")).expect("rm");
+    env.run(&["verify", "--run-id", "v"]).code(0).stderr_has("lookup/1/receipt.json");
+    // The cache does not trust the tampered receipt: `report` runs again.
+    let before = counts(&env);
+    env.run(&["run", &flow]).code(0);
+    assert_eq!(ran(&env, &before), ["report", "lookup"]);
+}
