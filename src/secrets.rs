@@ -28,6 +28,17 @@ pub enum SecretsError {
     Missing { names: Vec<String> },
 }
 
+/// A dotenv error without the line's text: the line may hold a secret.
+fn describe(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(..) => {
+            "not `NAME=value` (dotenv format; the line is not shown, it may hold a secret)".into()
+        }
+        dotenvy::Error::Io(io) => io.to_string(),
+        _ => "cannot read it as a dotenv file".into(),
+    }
+}
+
 /// Where secret values come from: `--env-file` (which wins), then the environment.
 #[derive(Clone, Default)]
 pub struct Secrets {
@@ -48,10 +59,11 @@ impl Secrets {
     pub fn from_env_file(path: Option<&Path>) -> Result<Secrets, SecretsError> {
         let Some(path) = path else { return Ok(Secrets::default()) };
         let err = |message: String| SecretsError::EnvFile { path: path.to_path_buf(), message };
-        let iter = dotenvy::from_path_iter(path).map_err(|e| err(e.to_string()))?;
+        let iter = dotenvy::from_path_iter(path).map_err(|e| err(describe(&e)))?;
         let mut file = BTreeMap::new();
-        for item in iter {
-            let (k, v) = item.map_err(|e| err(e.to_string()))?;
+        for (n, item) in iter.enumerate() {
+            let (k, v) =
+                item.map_err(|e| err(format!("entry {} (after {n} good ones): {}", n + 1, describe(&e))))?;
             file.insert(k, v);
         }
         Ok(Secrets { file, values: BTreeMap::new() })
@@ -91,11 +103,13 @@ impl Secrets {
     }
 }
 
-/// Replaces secret values with [`MASK`].
+/// Replaces secret values with [`MASK`]. Matching is one pass of Aho-Corasick over all
+/// values at once, so many or long secrets cost no more than one; overlapping matches are
+/// masked as one run, so no part of any value shows.
 #[derive(Clone)]
 pub struct Redactor {
-    /// Longest first, so a value that contains another is masked whole.
     values: Vec<Vec<u8>>,
+    matcher: aho_corasick::AhoCorasick,
     longest: usize,
 }
 
@@ -105,35 +119,44 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// Values longer than this are held back whole at the end of a stream piece rather than
+/// matched as prefixes (which would cost their length squared per piece).
+const EXACT_HOLD: usize = 256;
+
 impl Redactor {
     pub fn new<'a>(values: impl Iterator<Item = &'a str>) -> Option<Redactor> {
         let mut values: Vec<Vec<u8>> =
             values.filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec()).collect();
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.sort();
         values.dedup();
-        let longest = values[0].len();
-        Some(Redactor { values, longest })
+        let longest = values.iter().map(Vec::len).max()?;
+        // A DFA is fastest for the usual few short values, but costs seconds to build for
+        // very long ones; the contiguous NFA is built at once and still linear.
+        let total: usize = values.iter().map(Vec::len).sum();
+        let kind = (total > 4096).then_some(aho_corasick::AhoCorasickKind::ContiguousNFA);
+        let matcher = aho_corasick::AhoCorasick::builder().kind(kind).build(&values).ok()?;
+        Some(Redactor { values, matcher, longest })
     }
 
-    /// `bytes` with every whole value masked.
-    pub fn redact(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        'scan: while i < bytes.len() {
-            for v in &self.values {
-                if bytes[i..].starts_with(v) {
-                    out.extend_from_slice(MASK.as_bytes());
-                    i += v.len();
-                    continue 'scan;
-                }
+    /// The byte ranges of `bytes` covered by some value, merged.
+    fn covered(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
+        // Reported by where they end: sort by start, then merge what touches or overlaps.
+        let mut found: Vec<(usize, usize)> =
+            self.matcher.find_overlapping_iter(bytes).map(|m| (m.start(), m.end())).collect();
+        found.sort_unstable();
+        let mut runs: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+        for (start, end) in found {
+            match runs.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => runs.push((start, end)),
             }
-            out.push(bytes[i]);
-            i += 1;
         }
-        out
+        runs
+    }
+
+    /// `bytes` with every value masked.
+    pub fn redact(&self, bytes: &[u8]) -> Vec<u8> {
+        mask_until(bytes, &self.covered(bytes), bytes.len()).0
     }
 
     pub fn redact_str(&self, s: &str) -> String {
@@ -141,13 +164,88 @@ impl Redactor {
     }
 
     pub fn contains_secret(&self, bytes: &[u8]) -> bool {
-        self.values.iter().any(|v| bytes.windows(v.len()).any(|w| w == v.as_slice()))
+        self.matcher.is_match(bytes)
+    }
+
+    /// Every string (and key) of a JSON value masked: a value that a tool escaped when it
+    /// wrote the JSON is found once parsed.
+    pub fn redact_json(&self, v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Value::String(self.redact_str(&s)),
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.redact_json(x)).collect()),
+            Value::Object(o) => Value::Object(
+                o.into_iter().map(|(k, x)| (self.redact_str(&k), self.redact_json(x))).collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// Masks a file in place, streaming (any size, bounded memory), if it holds a value:
+    /// temp file and rename, so a crash leaves the old or the masked file.
+    pub fn mask_file(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let Ok(mut input) = std::fs::File::open(path) else { return Ok(()) };
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".masking");
+        let tmp = PathBuf::from(tmp_name);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut stream = self.stream();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut changed = false;
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            changed |= self.contains_secret(&buf[..n]) || !stream.pending.is_empty();
+            out.write_all(&stream.push(&buf[..n]))?;
+        }
+        out.write_all(&stream.finish())?;
+        out.flush()?;
+        drop(out);
+        if changed { std::fs::rename(&tmp, path) } else { std::fs::remove_file(&tmp) }
     }
 
     /// A stream redactor for one pipe.
     pub fn stream(&self) -> RedactStream<'_> {
         RedactStream { r: self, pending: Vec::new() }
     }
+
+    /// How many bytes at the end of `bytes` to hold back: the longest tail that could still
+    /// become a value.
+    fn hold(&self, bytes: &[u8]) -> usize {
+        if self.longest > EXACT_HOLD {
+            return bytes.len().min(self.longest - 1);
+        }
+        (1..self.longest.min(bytes.len() + 1))
+            .rev()
+            .find(|&k| {
+                let tail = &bytes[bytes.len() - k..];
+                self.values.iter().any(|v| v.len() > k && v.starts_with(tail))
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// `bytes[..cut]` with the covered runs masked; a run that crosses `cut` is masked whole
+/// and the returned end is where it ends.
+fn mask_until(bytes: &[u8], runs: &[(usize, usize)], cut: usize) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(cut);
+    let mut at = 0;
+    for &(start, end) in runs {
+        if start >= cut {
+            break;
+        }
+        out.extend_from_slice(&bytes[at..start]);
+        out.extend_from_slice(MASK.as_bytes());
+        at = end;
+    }
+    let end = at.max(cut);
+    if at < cut {
+        out.extend_from_slice(&bytes[at..cut]);
+    }
+    (out, end)
 }
 
 /// Redacts a byte stream that arrives in pieces: the end of what came so far that could
@@ -161,19 +259,10 @@ impl RedactStream<'_> {
     /// Takes the next piece; returns what can be written now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(chunk);
-        // Hold back the longest tail that is a proper prefix of some value.
-        let hold = (1..self.r.longest.min(self.pending.len() + 1))
-            .rev()
-            .find(|&k| {
-                let tail = &self.pending[self.pending.len() - k..];
-                self.r.values.iter().any(|v| v.len() > k && v.starts_with(tail))
-            })
-            .unwrap_or(0);
-        let ready_len = self.pending.len() - hold;
-        // A value may start in the ready part and end in the held part: mask whole values
-        // over everything, then cut at the same point of the input.
-        let (ready, rest) = split_redacted(self.r, &self.pending, ready_len);
-        self.pending = rest;
+        let cut = self.pending.len() - self.r.hold(&self.pending);
+        let runs = self.r.covered(&self.pending);
+        let (ready, end) = mask_until(&self.pending, &runs, cut);
+        self.pending.drain(..end);
         ready
     }
 
@@ -181,25 +270,6 @@ impl RedactStream<'_> {
     pub fn finish(self) -> Vec<u8> {
         self.r.redact(&self.pending)
     }
-}
-
-/// Redacts `bytes[..cut]` as part of `bytes`: a value that starts before `cut` and runs
-/// past it is masked in the ready part, and the rest of it is dropped from what is kept.
-fn split_redacted(r: &Redactor, bytes: &[u8], cut: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut out = Vec::with_capacity(cut);
-    let mut i = 0;
-    'scan: while i < cut {
-        for v in &r.values {
-            if bytes[i..].starts_with(v) {
-                out.extend_from_slice(MASK.as_bytes());
-                i += v.len();
-                continue 'scan;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    (out, bytes[i.max(cut)..].to_vec())
 }
 
 #[cfg(test)]
@@ -238,6 +308,30 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_values_and_json_are_masked_whole() {
+        let red = Redactor::new(["abc123", "123xyz"].into_iter()).expect("values");
+        assert_eq!(red.redact_str("-abc123xyz-"), "-***-");
+        let v = serde_json::json!({"t": "x abc123 y", "abc123": [1, "123xyz"]});
+        assert_eq!(red.redact_json(v), serde_json::json!({"t": "x *** y", "***": [1, "***"]}));
+    }
+
+    #[test]
+    fn long_values_stream_in_linear_time() {
+        let long = format!("{}y", "x".repeat(100_000));
+        let started = std::time::Instant::now();
+        let red = Redactor::new([long.as_str()].into_iter()).expect("values");
+        let mut s = red.stream();
+        let mut out = 0;
+        for _ in 0..20 {
+            out += s.push(&[b'x'; 65536]).len();
+        }
+        out += s.finish().len();
+        assert_eq!(out, 20 * 65536);
+        // Generous: quadratic work here takes minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    #[test]
     fn byte_by_byte_and_nothing_held_back_without_a_prefix() {
         let red = r();
         let mut s = red.stream();
@@ -266,8 +360,9 @@ mod tests {
             "{msg}"
         );
         assert!(!format!("{s:?}").contains("abc123"), "Debug shows names only");
-        std::fs::write(&path, "GOOD=1\nBAD LINE\n").expect("write");
+        std::fs::write(&path, "GOOD=1\nT=hunter2 with \"quote\n").expect("write");
         let e = Secrets::from_env_file(Some(&path)).expect_err("bad line").to_string();
-        assert!(e.contains(".env"), "{e}");
+        assert!(e.contains(".env") && e.contains("entry 2"), "{e}");
+        assert!(!e.contains("hunter2"), "a bad line is not echoed: {e}");
     }
 }

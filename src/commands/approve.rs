@@ -35,8 +35,9 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
             .map_err(|_| ())
             .and_then(|b| crate::flow::Flow::from_bytes(&copy, &b).map_err(|_| ()))
         {
-            crate::secrets::Secrets::from_env_file(opts.env_file.as_deref())?
-                .resolve(&flow.secret_names())?;
+            let workdir = std::env::current_dir().unwrap_or_default();
+            let names = crate::flow::check_calls(&flow, &workdir).unwrap_or_else(|_| flow.secret_names());
+            crate::secrets::Secrets::from_env_file(opts.env_file.as_deref())?.resolve(&names)?;
         }
     }
     let mut session = match record(&g.runs(), id, &verdict, &opts)? {

@@ -16,7 +16,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     let bytes =
         std::fs::read(&args.flow).map_err(|e| FlowError::whole_file(&args.flow, FlowErrorKind::Read(e)))?;
     let flow = Flow::from_bytes(&args.flow, &bytes)?;
-    crate::flow::check_calls(&flow, &std::env::current_dir().map_err(io_at("."))?)?;
+    let secret_names = crate::flow::check_calls(&flow, &std::env::current_dir().map_err(io_at("."))?)?;
     let given = parse_param_args(&args.params)?;
     if let Some(profile) = &args.profile
         && !flow.profiles.contains_key(profile)
@@ -42,7 +42,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     };
     // Every secret must have a value before anything is created (they are looked up again
     // by the session that drives the run, and never stored).
-    crate::secrets::Secrets::from_env_file(args.env_file.as_deref())?.resolve(&flow.secret_names())?;
+    crate::secrets::Secrets::from_env_file(args.env_file.as_deref())?.resolve(&secret_names)?;
     let runs = g.runs();
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;

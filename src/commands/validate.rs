@@ -13,7 +13,7 @@ pub fn validate(g: &Global, args: ValidateArgs) -> Result<ExitCode, Error> {
     let mut report = Vec::new();
     for path in &args.flows {
         let cwd = std::env::current_dir().unwrap_or_default();
-        match Flow::load(path).and_then(|f| crate::flow::check_calls(&f, &cwd).map(|()| f)) {
+        match Flow::load(path).and_then(|f| crate::flow::check_calls(&f, &cwd).map(|_| f)) {
             Ok(flow) => {
                 if !g.json && !g.quiet {
                     let _ = print(&format!("{}: ok ({} steps)", path.display(), flow.steps.len()));

@@ -57,12 +57,23 @@ pub fn call_params(
 
 /// Checks every flow `flow` calls, transitively: it exists, is valid, gets the parameters
 /// it needs, and the calls neither recurse nor nest deeper than [`MAX_CALL_DEPTH`].
-pub fn check_calls(flow: &Flow, workdir: &Path) -> Result<(), FlowError> {
+/// Returns every secret the flow and the flows it calls declare, sorted: they are all
+/// resolved before a run starts, so a step never inherits a callee's secret undeclared.
+pub fn check_calls(flow: &Flow, workdir: &Path) -> Result<Vec<String>, FlowError> {
     let mut stack = vec![canonical(&flow.path)];
-    visit(flow, workdir, &mut stack)
+    let mut secrets = flow.secret_names();
+    visit(flow, workdir, &mut stack, &mut secrets)?;
+    secrets.sort();
+    secrets.dedup();
+    Ok(secrets)
 }
 
-fn visit(flow: &Flow, workdir: &Path, stack: &mut Vec<PathBuf>) -> Result<(), FlowError> {
+fn visit(
+    flow: &Flow,
+    workdir: &Path,
+    stack: &mut Vec<PathBuf>,
+    secrets: &mut Vec<String>,
+) -> Result<(), FlowError> {
     for step in &flow.steps {
         let calls: Vec<&Call> =
             step.call.as_deref().into_iter().chain(step.on_failure.as_deref().map(|f| &f.call)).collect();
@@ -89,8 +100,9 @@ fn visit(flow: &Flow, workdir: &Path, stack: &mut Vec<PathBuf>) -> Result<(), Fl
             }
             let callee = Flow::load(&path).map_err(|e| err(e.to_string()))?;
             call_params(&callee, &call.with).map_err(err)?;
+            secrets.extend(callee.secret_names());
             stack.push(canon);
-            visit(&callee, workdir, stack)?;
+            visit(&callee, workdir, stack, secrets)?;
             stack.pop();
         }
     }

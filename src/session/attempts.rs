@@ -411,6 +411,7 @@ impl Session {
         while r.relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
         }
+        self.mask_attempt_files(r.step, r.visit, r.attempt);
         let step = &self.flow.steps[r.step];
         let step_id = step.id.clone();
         let timeout = step.timeout;
@@ -560,6 +561,19 @@ impl Session {
         })
     }
 
+    /// A secret a step wrote into its outputs or handoff files is masked in the files
+    /// themselves, whatever the attempt's outcome, so it reaches neither the journal nor
+    /// anything else. (Streaming: a huge file costs time, not memory.)
+    pub(super) fn mask_attempt_files(&self, idx: usize, visit: u32, attempt: u32) {
+        let Some(r) = &self.redactor else { return };
+        let dir = attempt_dir(&self.dir, &self.flow.steps[idx].id, visit, attempt);
+        for name in [OUTPUT_FILE, HANDOFF_FILE, HANDOFF_META_FILE] {
+            if let Err(e) = r.mask_file(&dir.join(name)) {
+                self.report.warn(&format!("cannot mask secrets in {}: {e}", dir.join(name).display()));
+            }
+        }
+    }
+
     /// What a successful attempt left for its successors: outputs and a handoff.
     fn read_left(
         &self,
@@ -568,23 +582,35 @@ impl Session {
         attempt: u32,
     ) -> Result<(std::collections::BTreeMap<String, String>, Option<crate::journal::Handoff>), String> {
         let dir = attempt_dir(&self.dir, step, visit, attempt);
-        // A secret a step wrote to its outputs or handoff is masked in the file itself, so
-        // it reaches neither the journal nor anything else.
-        if let Some(r) = &self.redactor {
-            for name in [OUTPUT_FILE, HANDOFF_FILE, HANDOFF_META_FILE] {
-                let path = dir.join(name);
-                if let Ok(bytes) = std::fs::read(&path)
-                    && r.contains_secret(&bytes)
-                {
-                    crate::fsutil::write_replace(&path, "redact", &r.redact(&bytes))
-                        .map_err(|e| format!("cannot mask a secret in {}: {e}", path.display()))?;
-                }
-            }
-        }
         let outputs = outputs::read_outputs(&dir.join(OUTPUT_FILE)).map_err(|e| e.to_string())?;
         let handoff = outputs::read_handoff(&dir.join(HANDOFF_FILE), &dir.join(HANDOFF_META_FILE))
             .map_err(|e| e.to_string())?
             .map(|h| crate::journal::Handoff { content_md: h.content_md, metadata: h.metadata });
+        // The files were masked byte for byte; what parsing unescapes is masked again.
+        let (outputs, handoff) = match &self.redactor {
+            None => (outputs, handoff),
+            Some(r) => {
+                let masked = |m: serde_json::Value| {
+                    let out = r.redact_json(m.clone());
+                    // An escaped value (`\"`, `\u00e9`) is masked in the file too.
+                    if out != m {
+                        let _ = crate::fsutil::write_replace(
+                            &dir.join(HANDOFF_META_FILE),
+                            "redact",
+                            out.to_string().as_bytes(),
+                        );
+                    }
+                    out
+                };
+                (
+                    outputs.into_iter().map(|(k, v)| (r.redact_str(&k), r.redact_str(&v))).collect(),
+                    handoff.map(|h| crate::journal::Handoff {
+                        content_md: r.redact_str(&h.content_md),
+                        metadata: h.metadata.map(masked),
+                    }),
+                )
+            }
+        };
         Ok((outputs, handoff))
     }
 

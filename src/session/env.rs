@@ -134,7 +134,12 @@ impl Session {
         env_file: Option<&Path>,
     ) -> Result<(), crate::secrets::SecretsError> {
         let mut secrets = crate::secrets::Secrets::from_env_file(env_file)?;
-        secrets.resolve(&self.flow.secret_names())?;
+        // Called flows' secrets too (as far as their files can be found now), so that no
+        // step inherits one it did not declare before its callee first runs.
+        let workdir = Path::new(&self.state.workdir);
+        let names =
+            crate::flow::check_calls(&self.flow, workdir).unwrap_or_else(|_| self.flow.secret_names());
+        secrets.resolve(&names)?;
         self.redactor = secrets.redactor().map(std::sync::Arc::new);
         self.secrets = secrets;
         Ok(())

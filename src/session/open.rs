@@ -329,6 +329,10 @@ impl Session {
                 let _ = std::fs::rename(&receipt, dir.join(crate::receipt::UNACKNOWLEDGED_FILE));
             }
             let was_alive = stopped.contains(&event.step);
+            // Its processes are stopped now: what it wrote can be masked for good.
+            if let Some(i) = self.state.step_pos(&event.step) {
+                self.mask_attempt_files(i, event.visit, event.attempt);
+            }
             if was_alive {
                 self.report.warn(&format!(
                     "step `{}` attempt {} was still running from the previous runner; stopped it",

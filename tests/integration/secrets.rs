@@ -126,3 +126,70 @@ fn a_missing_secret_is_exit_2_before_anything_starts() {
     let both = env.flow("both", "secrets = ['K']\n[env]\nK = 'v'\n[[steps]]\nid='a'\nrun='x'\n");
     env.run(&["validate", &both]).code(2).stderr_has("is both a secret and in `env`");
 }
+
+#[test]
+fn files_of_failed_steps_escaped_json_and_called_flows_leak_nothing() {
+    let env = Env::new();
+    env.flow("other", "secrets = ['OTHER']\n[[steps]]\nid = 'use'\nrun = 'echo \"callee $OTHER\"'\n");
+    let flow = env.flow(
+        "f",
+        r#"
+secrets = ["T"]
+
+[[steps]]
+id = "first"
+run = '''
+echo "first sees [${OTHER:-}]"
+printf '{"esc": "%s"}' "$(printf %s "$T" | sed 's/"/\\"/g')" > "$RUNNER_HANDOFF_META"
+'''
+
+[[steps]]
+id = "c"
+call = "other"
+
+[[steps]]
+id = "fails"
+run = '''
+echo "out=$T" >> "$RUNNER_OUTPUT"
+echo "handoff $T" > "$RUNNER_HANDOFF"
+exit 1
+'''
+"#,
+    );
+    let value = "pa\"ss-word-77";
+    // A secret of a called flow is needed before anything starts.
+    let missing = env.command(&["run", &flow, "--run-id", "m"]).env("T", value).env_remove("OTHER").output();
+    assert_eq!(missing.expect("runs").status.code(), Some(2));
+    assert!(!env.runs_dir().join("m").exists());
+    let out = env
+        .command(&["run", &flow, "--run-id", "x"])
+        .env("T", value)
+        .env("OTHER", "callee-secret-55")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        env.read("runs/x/steps/first/1/stdout.log").contains("first sees []"),
+        "undeclared: not inherited"
+    );
+    let ended: Vec<String> = env
+        .events("x")
+        .into_iter()
+        .filter(|e| e.starts_with("StepSucceeded") || e.starts_with("StepFailed"))
+        .collect();
+    assert_eq!(ended, ["StepSucceeded:first", "StepSucceeded:c/use", "StepFailed:fails"], "every step ran");
+    assert_eq!(
+        env.read("runs/x/steps/fails/1/outputs.env"),
+        "out=***\n",
+        "a failed step's files are masked too"
+    );
+    assert_eq!(env.read("runs/x/steps/first/1/handoff.json"), r#"{"esc":"***"}"#);
+    for v in [value, "callee-secret-55", "pa\\\"ss-word-77"] {
+        assert_eq!(files_containing(&env.runs_dir(), v), Vec::<String>::new(), "{v} leaked");
+    }
+    // A malformed env file is named, and its lines are not echoed.
+    env.write("bad.env", "T=hunter2 with \"quote\n");
+    let bad = env.run(&["run", &flow, "--env-file", "bad.env"]);
+    bad.code(2).stderr_has("bad.env");
+    assert!(!bad.stderr.contains("hunter2"), "{}", bad.stderr);
+}
