@@ -29,8 +29,10 @@ use super::receipts::Lookup;
 const RECHECK: Duration = Duration::from_millis(50);
 /// After SIGKILL, how long to wait for a group before recording the attempt anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// How long an attempt's result waits for its log relays to drain.
-const RELAY_WAIT: Duration = Duration::from_secs(2);
+/// How long an attempt's result waits for its log relays to drain once its group is
+/// empty: only a writer that escaped the group (`setsid`) keeps one open longer, and the
+/// relay goes on writing its lines after the result; the session must not stall for it.
+const RELAY_WAIT: Duration = Duration::from_millis(500);
 
 /// An attempt whose process exists.
 pub(super) struct Running {
