@@ -49,21 +49,8 @@ while (($#)); do
 done
 ((size_mib >= 4)) || die "--size-mib must be at least 4"
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-target_dir=${CARGO_TARGET_DIR:-target}
-[[ $target_dir = /* ]] || target_dir=$root/$target_dir
-runner=$target_dir/release/runner
-hash_files=$target_dir/release/examples/hash_files
-
-# ---------------------------------------------------------------------------------------------
-# Build, and b3sum
-
-if ((build)); then
-    log "building (cargo build --release, with the hash_files example)"
-    (cd "$root" && cargo build --release --quiet --lib --bins --example hash_files) || die "cargo build failed"
-fi
-[[ -x $runner ]] || die "$runner is missing (build it, or drop --no-build)"
-[[ -x $hash_files ]] || die "$hash_files is missing (build it, or drop --no-build)"
+release_build hash_files
+hash_files=$example
 
 tools=$target_dir/bench-tools
 if command -v b3sum >/dev/null; then

@@ -60,21 +60,8 @@ else
 fi
 ((corpus_events >= 3)) || die "--corpus-events must be at least 3"
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-target_dir=${CARGO_TARGET_DIR:-target}
-[[ $target_dir = /* ]] || target_dir=$root/$target_dir
-runner=$target_dir/release/runner
-gen=$target_dir/release/examples/gen_corpus
-
-# ---------------------------------------------------------------------------------------------
-# Build
-
-if ((build)); then
-    log "building (cargo build --release, with the gen_corpus example)"
-    (cd "$root" && cargo build --release --quiet --lib --bins --example gen_corpus) || die "cargo build failed"
-fi
-[[ -x $runner ]] || die "$runner is missing (build it, or drop --no-build)"
-[[ -x $gen ]] || die "$gen is missing (build it, or drop --no-build)"
+release_build gen_corpus
+gen=$example
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/runner-bench.XXXXXX") || die "mktemp failed"
 cleanup() {

@@ -50,6 +50,7 @@ impl Error {
                 | OpenError::FlowInvalid { .. }
                 | OpenError::Frames { .. }
                 | OpenError::Approval { .. }
+                | OpenError::ProfileGone { .. }
                 | OpenError::Secrets { .. } => ExitCode::Usage,
                 OpenError::Session(e) => session_code(e),
             },

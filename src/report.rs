@@ -166,23 +166,16 @@ impl Reporter {
                     }
                 }
             }
-            Event::ApprovalRequested(e) => {
-                let mut text = format!("{}: waiting for approval", visit_label(&e.step, e.visit));
-                if let Some(m) = &e.message {
-                    text.push_str(&format!(": {m}"));
-                }
-                if !e.approvers.is_empty() {
-                    text.push_str(&format!(" (approvers: {})", e.approvers.join(", ")));
-                }
-                self.line(&text);
-            }
-            Event::ApprovalDecided(e) if !quiet => {
-                let mut text = format!("{}: {} by {}", visit_label(&e.step, e.visit), e.decision.as_str(), e.by);
-                if let Some(c) = &e.comment {
-                    text.push_str(&format!(": {c}"));
-                }
-                self.line(&text);
-            }
+            Event::ApprovalRequested(e) => self.line(&format!(
+                "{}: {}",
+                visit_label(&e.step, e.visit),
+                awaiting(e.message.as_deref(), &e.approvers)
+            )),
+            Event::ApprovalDecided(e) if !quiet => self.line(&format!(
+                "{}: {}",
+                visit_label(&e.step, e.visit),
+                decided(e.decision.as_str(), &e.by, e.comment.as_deref())
+            )),
             Event::GateEvaluated(e) if e.outcome == GateOutcome::Warn => self.gate_warning(e),
             Event::RunPaused(e) => {
                 let runs = self.runs_dir_arg();
@@ -247,6 +240,26 @@ impl Reporter {
             let _ = writeln!(err, "    (full log: {})", path.display());
             return;
         }
+    }
+}
+
+/// `waiting for approval: <message> (approvers: a, b)`: the console and `status` say the same.
+pub fn awaiting(message: Option<&str>, approvers: &[String]) -> String {
+    let mut text = "waiting for approval".to_string();
+    if let Some(m) = message {
+        text.push_str(&format!(": {m}"));
+    }
+    if !approvers.is_empty() {
+        text.push_str(&format!(" (approvers: {})", approvers.join(", ")));
+    }
+    text
+}
+
+/// `approved by alice: <comment>`.
+pub fn decided(decision: &str, by: &str, comment: Option<&str>) -> String {
+    match comment {
+        Some(c) => format!("{decision} by {by}: {c}"),
+        None => format!("{decision} by {by}"),
     }
 }
 

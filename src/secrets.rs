@@ -69,6 +69,21 @@ impl Secrets {
         Ok(Secrets { file, values: BTreeMap::new() })
     }
 
+    /// `--env-file` read and every one of `names` resolved: what a runner needs before it
+    /// creates or takes over a run.
+    pub fn load(env_file: Option<&Path>, names: &[String]) -> Result<Secrets, SecretsError> {
+        let mut secrets = Secrets::from_env_file(env_file)?;
+        secrets.resolve(names)?;
+        Ok(secrets)
+    }
+
+    /// Every secret `flow` and the flows it calls declare (the callees as far as their
+    /// files can be found now), so no step inherits one it did not declare before its
+    /// callee first runs.
+    pub fn names_in(flow: &crate::flow::Flow, workdir: &Path) -> Vec<String> {
+        crate::flow::check_calls(flow, workdir).unwrap_or_else(|_| flow.secret_names())
+    }
+
     /// Looks up `names`, keeping their values; every missing one is named at once.
     pub fn resolve(&mut self, names: &[String]) -> Result<(), SecretsError> {
         let mut missing = Vec::new();
@@ -163,10 +178,6 @@ impl Redactor {
         String::from_utf8_lossy(&self.redact(s.as_bytes())).into_owned()
     }
 
-    pub fn contains_secret(&self, bytes: &[u8]) -> bool {
-        self.matcher.is_match(bytes)
-    }
-
     /// Every string (and key) of a JSON value masked: a value that a tool escaped when it
     /// wrote the JSON is found once parsed.
     pub fn redact_json(&self, v: serde_json::Value) -> serde_json::Value {
@@ -185,26 +196,29 @@ impl Redactor {
     /// temp file and rename, so a crash leaves the old or the masked file.
     pub fn mask_file(&self, path: &Path) -> std::io::Result<()> {
         use std::io::{Read, Write};
-        let Ok(mut input) = std::fs::File::open(path) else { return Ok(()) };
+        // Read once to look; write only a file that holds a value (most hold none).
+        let Ok(file) = std::fs::File::open(path) else { return Ok(()) };
+        if self.matcher.stream_find_iter(file).next().is_none() {
+            return Ok(());
+        }
+        let mut input = std::fs::File::open(path)?;
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".masking");
         let tmp = PathBuf::from(tmp_name);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut stream = self.stream();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut changed = false;
         loop {
             let n = input.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            changed |= self.contains_secret(&buf[..n]) || !stream.pending.is_empty();
             out.write_all(&stream.push(&buf[..n]))?;
         }
         out.write_all(&stream.finish())?;
         out.flush()?;
         drop(out);
-        if changed { std::fs::rename(&tmp, path) } else { std::fs::remove_file(&tmp) }
+        std::fs::rename(&tmp, path)
     }
 
     /// A stream redactor for one pipe.

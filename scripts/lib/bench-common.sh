@@ -66,3 +66,19 @@ PY
         rss_prefix=()
     fi
 }
+
+# release_build EXAMPLE: sets $root, $target_dir, $runner and $example (the example's
+# binary), building the release binaries first when $build is 1, and dies if one is missing.
+release_build() {
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir = /* ]] || target_dir=$root/$target_dir
+    runner=$target_dir/release/runner
+    example=$target_dir/release/examples/$1
+    if ((build)); then
+        log "building (cargo build --release, with the $1 example)"
+        (cd "$root" && cargo build --release --quiet --lib --bins --example "$1") || die "cargo build failed"
+    fi
+    [[ -x $runner ]] || die "$runner is missing (build it, or drop --no-build)"
+    [[ -x $example ]] || die "$example is missing (build it, or drop --no-build)"
+}

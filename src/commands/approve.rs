@@ -27,20 +27,7 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         env_file: args.env_file.clone(),
     };
     let id = &args.run_id;
-    if args.resume {
-        // The resume will need the run's secrets: a missing one stops us before the
-        // verdict is recorded.
-        let copy = g.runs().existing(id)?.join(crate::store::FLOW_COPY);
-        if let Ok(flow) = std::fs::read(&copy)
-            .map_err(|_| ())
-            .and_then(|b| crate::flow::Flow::from_bytes(&copy, &b).map_err(|_| ()))
-        {
-            let workdir = std::env::current_dir().unwrap_or_default();
-            let names = crate::flow::check_calls(&flow, &workdir).unwrap_or_else(|_| flow.secret_names());
-            crate::secrets::Secrets::from_env_file(opts.env_file.as_deref())?.resolve(&names)?;
-        }
-    }
-    let mut session = match record(&g.runs(), id, &verdict, &opts)? {
+    let mut session = match record(&g.runs(), id, &verdict, &opts, args.resume)? {
         Decided::Locked(session) => session,
         Decided::ByLiveRunner => {
             if !g.quiet {
@@ -65,7 +52,6 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         note(&format!("step `{}` of run {id} {} by {by}", args.step, decision.as_str()));
     }
     if args.resume {
-        session.load_secrets_for_resume(opts.env_file.as_deref())?;
         session.take_over_now(opts.jobs)?;
         return Ok(exit_for(session.drive()?));
     }

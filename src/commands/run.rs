@@ -42,7 +42,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     };
     // Every secret must have a value before anything is created (they are looked up again
     // by the session that drives the run, and never stored).
-    crate::secrets::Secrets::from_env_file(args.env_file.as_deref())?.resolve(&secret_names)?;
+    crate::secrets::Secrets::load(args.env_file.as_deref(), &secret_names)?;
     let runs = g.runs();
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, params};
 
 use crate::journal::{Event, GateOutcome, Record};
+use crate::report;
 use crate::state::{Approval, Attempt, Frame, Route, RunState, StepState, StepStatus};
 
 pub const SCHEMA_VERSION: i64 = 5;
@@ -361,21 +362,11 @@ impl<'a> StepRows<'a> {
         };
         let (reason, message) = match (step.status, step.approvals.last(), step.success()) {
             (StepStatus::Waiting, Some(a), _) => {
-                let mut text = "waiting for approval".to_string();
-                if let Some(m) = &a.message {
-                    text.push_str(&format!(": {m}"));
-                }
-                if !a.approvers.is_empty() {
-                    text.push_str(&format!(" (approvers: {})", a.approvers.join(", ")));
-                }
-                (Some("approval"), Some(Cow::Owned(text)))
+                (Some("approval"), Some(Cow::Owned(report::awaiting(a.message.as_deref(), &a.approvers))))
             }
             (StepStatus::Rejected, Some(a), _) => {
-                let mut text = format!("rejected by {}", a.decided_by.as_deref().unwrap_or("?"));
-                if let Some(c) = &a.comment {
-                    text.push_str(&format!(": {c}"));
-                }
-                (Some("rejected"), Some(Cow::Owned(text)))
+                let by = a.decided_by.as_deref().unwrap_or("?");
+                (Some("rejected"), Some(Cow::Owned(report::decided("rejected", by, a.comment.as_deref()))))
             }
             (StepStatus::Succeeded, _, Some(ok))
                 if ok.gate.as_ref().is_some_and(|g| g.outcome == GateOutcome::Warn) =>

@@ -19,7 +19,7 @@ use crate::state::{RunState, StepStatus};
 use crate::store::{RunsDir, StoreError, load_run};
 
 /// Where verdicts for a live run wait for its runner.
-pub const INBOX_DIR: &str = "inbox";
+const INBOX_DIR: &str = "inbox";
 /// How often a runner with a waiting step looks at its inbox.
 pub const INBOX_POLL: Duration = Duration::from_millis(200);
 /// How long `approve` on a live run waits for the runner to journal the verdict.
@@ -50,18 +50,20 @@ pub enum Decided {
     Queued(PathBuf),
 }
 
-/// Records `verdict` on run `run_id`, under its lock, or through the live runner.
+/// Records `verdict` on run `run_id`, under its lock, or through the live runner. With
+/// `to_drive` (`--resume`), the run's secrets must resolve before the verdict is recorded.
 pub fn decide(
     runs: &RunsDir,
     run_id: &str,
     verdict: &Verdict,
     opts: &SessionOptions,
+    to_drive: bool,
 ) -> Result<Decided, OpenError> {
     let refused = |why: String| OpenError::Approval { run_id: run_id.to_string(), why };
     let deadline = Instant::now() + QUEUE_WAIT;
     let mut queued: Option<(PathBuf, Verdict)> = None;
     loop {
-        match open_locked(runs, run_id, opts) {
+        match open_locked(runs, run_id, opts, to_drive) {
             Ok(Opened::Done) => {
                 return Err(refused("the run has succeeded; no step waits for approval".into()));
             }
@@ -247,12 +249,6 @@ impl Session {
         for file in self.inbox_done.drain(..) {
             let _ = std::fs::remove_file(file);
         }
-    }
-
-    /// `approve --resume`: the secrets the run needs, before it is taken over.
-    pub fn load_secrets_for_resume(&mut self, env_file: Option<&Path>) -> Result<(), OpenError> {
-        let run_id = self.state.run_id.clone();
-        self.load_secrets(env_file).map_err(|source| OpenError::Secrets { run_id, source })
     }
 
     /// Takes the run over after a verdict (`approve --resume`), as `runner resume` would.

@@ -127,22 +127,10 @@ impl Session {
 }
 
 impl Session {
-    /// Reads `--env-file` and resolves every secret the run's flow declares; a missing one
-    /// is an error before anything happens. Called when a runner takes a run over.
-    pub(crate) fn load_secrets(
-        &mut self,
-        env_file: Option<&Path>,
-    ) -> Result<(), crate::secrets::SecretsError> {
-        let mut secrets = crate::secrets::Secrets::from_env_file(env_file)?;
-        // Called flows' secrets too (as far as their files can be found now), so that no
-        // step inherits one it did not declare before its callee first runs.
-        let workdir = Path::new(&self.state.workdir);
-        let names =
-            crate::flow::check_calls(&self.flow, workdir).unwrap_or_else(|_| self.flow.secret_names());
-        secrets.resolve(&names)?;
+    /// The secret values this session gives steps and masks in what they write.
+    pub(super) fn use_secrets(&mut self, secrets: crate::secrets::Secrets) {
         self.redactor = secrets.redactor().map(std::sync::Arc::new);
         self.secrets = secrets;
-        Ok(())
     }
 
     /// The secrets step `idx` gets: the flow's and its own (a called flow's steps carry

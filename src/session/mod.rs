@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
-pub use approvals::{Decided, INBOX_DIR, Verdict, decide};
+pub use approvals::{Decided, Verdict, decide};
 pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
 
 use attempts::{Running, checked_after};
@@ -131,7 +131,7 @@ impl Session {
         state: RunState,
         runs: &RunsDir,
         report: Reporter,
-        jobs: usize,
+        opts: &SessionOptions,
     ) -> Result<Session, SessionError> {
         let (tx, rx) = mpsc::channel();
         let exits = tx.clone();
@@ -147,6 +147,7 @@ impl Session {
         if let Some(profile) = &state.profile
             && !flow.apply_profile(profile)
         {
+            // `run` and resume check this first: reaching here is a bug.
             return Err(SessionError::Internal(format!("the run's profile `{profile}` is not in its flow")));
         }
         let projection = match ProjectionWorker::start(runs.clone(), state.run_id.clone()) {
@@ -174,7 +175,7 @@ impl Session {
             settle: false,
             with_outputs,
             upstream: env::UpstreamOutputs::default(),
-            no_cache: false,
+            no_cache: opts.no_cache,
             cache_index: None,
             inbox_done: Vec::new(),
             secrets: crate::secrets::Secrets::default(),
@@ -187,7 +188,7 @@ impl Session {
             state,
             projection,
             report,
-            jobs: jobs.max(1),
+            jobs: opts.jobs.max(1),
             rx,
             reaper,
             running: HashMap::new(),

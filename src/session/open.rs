@@ -17,6 +17,7 @@ use crate::journal::{
 };
 use crate::projection::{LIVE_BUSY_TIMEOUT, Projection};
 use crate::report::{Reporter, Verbosity};
+use crate::secrets::Secrets;
 use crate::state::{RunState, RunStatus, SNAPSHOT_FILE};
 use crate::store::{
     FLOW_COPY, LoadError, RunLock, RunsDir, SnapshotUse, StoreError, create_run, load_run_from,
@@ -67,6 +68,12 @@ pub enum OpenError {
     },
     #[error("run `{run_id}`: {why}")]
     Frames { run_id: String, why: String },
+    #[error(
+        "run `{run_id}`: it was started with profile `{profile}`, which {} no longer has; \
+         restore the profile in it (a run's profile cannot change)",
+        path.display()
+    )]
+    ProfileGone { run_id: String, path: PathBuf, profile: String },
     /// `approve`/`reject` cannot apply (no such step, not waiting, not an approver…).
     #[error("run `{run_id}`: {why}")]
     Approval { run_id: String, why: String },
@@ -120,12 +127,13 @@ pub fn start_new(
     let state = RunState::from_first(&created.first)
         .map_err(|e| SessionError::Internal(format!("first event does not fold: {e}")))?;
     let report = Reporter::new(opts.verbosity, &created.dir);
+    // `run` checked them before anything was created; a change since is still an error.
+    let names = Secrets::names_in(&flow, workdir);
+    let secrets = Secrets::load(opts.env_file.as_deref(), &names)
+        .map_err(|source| OpenError::Secrets { run_id: state.run_id.clone(), source })?;
     let mut session =
-        Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts.jobs)?;
-    session.no_cache = opts.no_cache;
-    // Checked by `run` before anything was created; a change since is still an error.
-    let run_id = session.state.run_id.clone();
-    session.load_secrets(opts.env_file.as_deref()).map_err(|source| OpenError::Secrets { run_id, source })?;
+        Session::new(flow, created.dir, created.lock, created.journal, state, runs, report, opts)?;
+    session.use_secrets(secrets);
     session.project(std::slice::from_ref(&created.first));
     Ok(Ok(session))
 }
@@ -140,14 +148,9 @@ pub enum Resumed {
 
 /// Locks an existing run and prepares it to continue.
 pub fn open_existing(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Result<Resumed, OpenError> {
-    match open_locked(runs, run_id, opts)? {
+    match open_locked(runs, run_id, opts, true)? {
         Opened::Done => Ok(Resumed::Done),
         Opened::Ready(mut session, change) => {
-            // Secret values are never stored: a resume needs them again, before it records
-            // anything.
-            session
-                .load_secrets(opts.env_file.as_deref())
-                .map_err(|source| OpenError::Secrets { run_id: run_id.to_string(), source })?;
             session.take_over(opts.jobs, change)?;
             Ok(Resumed::Ready(session))
         }
@@ -161,8 +164,15 @@ pub(super) enum Opened {
 }
 
 /// Locks a run, repairs a torn tail and loads its state and flow, without resuming it:
-/// `approve` and `reject` record their decision on a run opened this way.
-pub(super) fn open_locked(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -> Result<Opened, OpenError> {
+/// `approve` and `reject` record their decision on a run opened this way. With
+/// `to_drive`, the run's secrets are resolved too (their values are never stored, so
+/// every runner that drives a run needs them again), before anything is repaired.
+pub(super) fn open_locked(
+    runs: &RunsDir,
+    run_id: &str,
+    opts: &SessionOptions,
+    to_drive: bool,
+) -> Result<Opened, OpenError> {
     let dir = runs.existing(run_id)?;
     let lock = RunLock::acquire(&dir, run_id)?;
     crate::fsutil::remove_stale_temps(&dir.join(SNAPSHOT_FILE));
@@ -188,6 +198,15 @@ pub(super) fn open_locked(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -
     let succeeded_run = loaded.state.status == RunStatus::Succeeded;
     let plan =
         if succeeded_run { None } else { Some(run_flow(&dir, &loaded.state, opts.accept_flow_change)?) };
+    let secrets = match &plan {
+        Some((flow, _)) if to_drive => {
+            let names = Secrets::names_in(flow, Path::new(&loaded.state.workdir));
+            let secrets = Secrets::load(opts.env_file.as_deref(), &names)
+                .map_err(|source| OpenError::Secrets { run_id: run_id.to_string(), source })?;
+            Some(secrets)
+        }
+        _ => None,
+    };
     let repaired = match &loaded.torn {
         Some(torn) => {
             let kept_in = journal::repair_torn_tail(&journal_path, torn)?;
@@ -208,8 +227,10 @@ pub(super) fn open_locked(runs: &RunsDir, run_id: &str, opts: &SessionOptions) -
         finished(runs, run_id, &dir, &report);
         return done();
     };
-    let mut session = Session::new(flow, dir, lock, journal, loaded.state, runs, report, opts.jobs)?;
-    session.no_cache = opts.no_cache;
+    let mut session = Session::new(flow, dir, lock, journal, loaded.state, runs, report, opts)?;
+    if let Some(secrets) = secrets {
+        session.use_secrets(secrets);
+    }
     if let Some(r) = repaired {
         session.record(Event::JournalRepaired(r))?;
     }
@@ -279,6 +300,9 @@ fn run_flow(
         flow.steps.len() == main && flow.steps.iter().zip(&state.steps).all(|(f, s)| f.id == s.id);
     if !same_steps {
         return Err(OpenError::StepsChanged { run_id, path });
+    }
+    if let Some(profile) = state.profile.as_ref().filter(|p| !flow.profiles.contains_key(*p)) {
+        return Err(OpenError::ProfileGone { run_id, path, profile: profile.clone() });
     }
     let flow = super::calls::plan_with_frames(flow, state, dir)
         .map_err(|why| OpenError::Frames { run_id: run_id.clone(), why })?;

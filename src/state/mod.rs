@@ -503,26 +503,21 @@ impl RunState {
             Event::StepStarted(e) => {
                 let boot_id = self.boot_id.clone();
                 let step = self.step_mut(record, &e.step)?;
-                if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
-                    return Err(fold_err(
-                        record,
-                        &format!("step `{}` is already {}", e.step, step.status.as_str()),
-                    ));
-                }
-                begin_activation(record, step, e.visit)?;
-                expect_next_attempt(record, step, e.attempt)?;
-                // Most steps have one attempt: do not reserve room for four.
-                step.attempts.reserve_exact(1);
-                step.attempts.push(Attempt {
-                    pid: Some(e.pid),
-                    proc_start: Some(e.proc_start),
-                    boot_id: Some(boot_id),
-                    cache: e.cache.clone().map(|miss| Box::new(CacheNote { from: None, miss: Some(miss) })),
-                    ..Attempt::begin(e.visit, e.attempt, ts)
-                });
+                open_attempt(
+                    record,
+                    step,
+                    Attempt {
+                        pid: Some(e.pid),
+                        proc_start: Some(e.proc_start),
+                        boot_id: Some(boot_id),
+                        cache: e
+                            .cache
+                            .clone()
+                            .map(|miss| Box::new(CacheNote { from: None, miss: Some(miss) })),
+                        ..Attempt::begin(e.visit, e.attempt, ts)
+                    },
+                )?;
                 step.status = StepStatus::Running;
-                step.session_attempts += 1;
-                step.retry_in_ms = None;
             }
             Event::StepSucceeded(e) => {
                 let step = self.step_mut(record, &e.step)?;
@@ -538,27 +533,21 @@ impl RunState {
             }
             Event::StepCached(e) => {
                 let step = self.step_mut(record, &e.step)?;
-                if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
-                    return Err(fold_err(
-                        record,
-                        &format!("step `{}` is already {}", e.step, step.status.as_str()),
-                    ));
-                }
-                begin_activation(record, step, e.visit)?;
-                expect_next_attempt(record, step, e.attempt)?;
-                step.attempts.push(Attempt {
-                    status: AttemptStatus::Cached,
-                    finished_at: Some(ts.clone()),
-                    duration_ms: Some(0),
-                    outputs: e.outputs.clone(),
-                    handoff: e.handoff.clone().map(Box::new),
-                    gate: e.gate.clone().map(Box::new),
-                    receipt: Some(Box::new(e.receipt.clone())),
-                    cache: Some(Box::new(CacheNote { from: Some(e.from.clone()), miss: None })),
-                    ..Attempt::begin(e.visit, e.attempt, ts)
-                });
-                step.session_attempts += 1;
-                step.retry_in_ms = None;
+                open_attempt(
+                    record,
+                    step,
+                    Attempt {
+                        status: AttemptStatus::Cached,
+                        finished_at: Some(ts.clone()),
+                        duration_ms: Some(0),
+                        outputs: e.outputs.clone(),
+                        handoff: e.handoff.clone().map(Box::new),
+                        gate: e.gate.clone().map(Box::new),
+                        receipt: Some(Box::new(e.receipt.clone())),
+                        cache: Some(Box::new(CacheNote { from: Some(e.from.clone()), miss: None })),
+                        ..Attempt::begin(e.visit, e.attempt, ts)
+                    },
+                )?;
                 step.status = StepStatus::Succeeded;
             }
             Event::StepFailed(e) => {
@@ -567,17 +556,7 @@ impl RunState {
                 if matches!(e.reason, FailReason::Spawn | FailReason::Inputs)
                     && step.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running)
                 {
-                    if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
-                        return Err(fold_err(
-                            record,
-                            &format!("step `{}` is already {}", e.step, step.status.as_str()),
-                        ));
-                    }
-                    begin_activation(record, step, e.visit)?;
-                    expect_next_attempt(record, step, e.attempt)?;
-                    step.attempts.reserve_exact(1);
-                    step.attempts.push(Attempt::begin(e.visit, e.attempt, ts));
-                    step.session_attempts += 1;
+                    open_attempt(record, step, Attempt::begin(e.visit, e.attempt, ts))?;
                 }
                 let a = running_attempt(record, step, e.attempt)?;
                 a.status = AttemptStatus::Failed;
@@ -847,6 +826,23 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::MissingOutput => "missing_output",
         FailReason::Inputs => "inputs",
     }
+}
+
+/// Adds attempt `a` of step `step` (a start, a reuse from the cache, or a command that
+/// could not start): the step must not be running or done, and the attempt must be the
+/// visit's next. It counts against the retry budget.
+fn open_attempt(record: &Record, step: &mut StepState, a: Attempt) -> Result<(), FoldError> {
+    if matches!(step.status, StepStatus::Running | StepStatus::Succeeded) {
+        return Err(fold_err(record, &format!("step `{}` is already {}", step.id, step.status.as_str())));
+    }
+    begin_activation(record, step, a.visit)?;
+    expect_next_attempt(record, step, a.attempt)?;
+    // Most steps have one attempt: do not reserve room for four.
+    step.attempts.reserve_exact(1);
+    step.attempts.push(a);
+    step.session_attempts += 1;
+    step.retry_in_ms = None;
+    Ok(())
 }
 
 /// Checks that a start or skip belongs to the step's visit, and opens a new one if due.

@@ -439,3 +439,19 @@ fn a_profile_cannot_gate_a_call_step() {
     let flow = env.flow("main", "[[steps]]\nid='c'\ncall='sub'\n[profiles.strict]\nc={ pass='true' }\n");
     env.run(&["validate", &flow]).code(2).stderr_has("`profiles.strict.c` is for a step that runs a command");
 }
+
+#[test]
+fn a_resume_refuses_a_flow_copy_that_lost_the_runs_profile() {
+    let env = Env::new();
+    let text = "[[steps]]\nid='t'\nrun='echo c=85 >> $RUNNER_OUTPUT'\ngate={ pass='steps.t.outputs.c >= 80' }\n\
+                [profiles.strict]\nt={ pass='steps.t.outputs.c >= 90' }\n";
+    let flow = env.flow("p", text);
+    env.run(&["run", &flow, "--run-id", "p", "--profile", "strict"]).code(1);
+    let copy = env.run_dir("p").join("flow.toml");
+    std::fs::write(&copy, text.split("[profiles").next().unwrap_or_default()).expect("edit the copy");
+    let before = std::fs::read(env.run_dir("p").join("journal.jsonl")).expect("journal");
+    env.run(&["resume", "--run-id", "p", "--accept-flow-change"])
+        .code(2)
+        .stderr_has("it was started with profile `strict`");
+    assert_eq!(std::fs::read(env.run_dir("p").join("journal.jsonl")).expect("journal"), before);
+}

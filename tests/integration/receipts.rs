@@ -263,20 +263,14 @@ fn one_receipt_per_attempt_across_crashes_at_every_receipt_point() {
 }
 
 fn walk_receipts(dir: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "receipt.json") {
-                let m = std::fs::metadata(&p).and_then(|m| m.modified()).expect("mtime");
-                out.push((p, m));
-            }
-        }
-    }
-    out
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "receipt.json")
+        .map(|e| {
+            (e.path().to_path_buf(), std::fs::metadata(e.path()).and_then(|m| m.modified()).expect("mtime"))
+        })
+        .collect()
 }
 
 #[test]

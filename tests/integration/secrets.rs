@@ -36,20 +36,15 @@ run = 'echo "db=[${DB_PASSWORD:-}]" > seen.txt'
 
 /// Every file under `dir` that contains `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            std::fs::read(e.path()).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .map(|e| e.path().display().to_string())
+        .collect()
 }
 
 #[test]
@@ -116,9 +111,15 @@ fn a_missing_secret_is_exit_2_before_anything_starts() {
         .env("DB_PASSWORD", "x")
         .output();
     assert_eq!(ok.expect("runs").status.code(), Some(1));
-    let before = std::fs::read(env.run_dir("r").join("journal.jsonl")).expect("journal");
+    // Even a torn tail is left as it is: the repair would be recorded by a resume that
+    // then could not go on.
+    let journal = env.run_dir("r").join("journal.jsonl");
+    let mut before = std::fs::read(&journal).expect("journal");
+    before.extend_from_slice(b"{\"seq\":99,\"ts\"");
+    std::fs::write(&journal, &before).expect("tear");
     env.run(&["resume", "--run-id", "r"]).code(2).stderr_has("not set");
-    assert_eq!(std::fs::read(env.run_dir("r").join("journal.jsonl")).expect("journal"), before);
+    assert_eq!(std::fs::read(&journal).expect("journal"), before);
+    assert!(!env.run_dir("r").join("journal.jsonl.broken").exists());
     env.write("bad.env", "NOT A LINE\n");
     env.run(&["run", &flow, "--env-file", "bad.env"]).code(2).stderr_has("bad.env");
     let bad = env.flow("bad", "secrets = ['RUNNER_X']\n[[steps]]\nid='a'\nrun='x'\n");
