@@ -15,6 +15,7 @@ pub mod faults;
 pub mod fileset;
 pub mod flow;
 pub mod fsutil;
+pub mod health;
 pub mod journal;
 pub mod outputs;
 pub mod projection;

@@ -32,6 +32,10 @@ impl Reporter {
         Reporter { verbosity, run_dir: run_dir.to_path_buf() }
     }
 
+    pub fn is_quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
+    }
+
     fn line(&self, text: &str) {
         let now = jiff::Zoned::now();
         let _ = writeln!(std::io::stderr().lock(), "{} {text}", now.strftime("%H:%M:%S"));
@@ -134,11 +138,12 @@ impl Reporter {
                 let took = elapsed(&state.started_at, &record.ts);
                 match e.outcome {
                     RunOutcome::Succeeded => self.line(&format!(
-                        "run {} succeeded: {} steps{}{}",
+                        "run {} succeeded: {} steps{}{}{}",
                         state.run_id,
                         state.steps.len(),
                         took.map(|d| format!(" in {}", human(d))).unwrap_or_default(),
-                        gate_warnings(state)
+                        gate_warnings(state),
+                        degraded(state)
                     )),
                     RunOutcome::Failed => {
                         let id = &state.run_id;
@@ -192,6 +197,39 @@ impl Reporter {
                 ));
                 self.line(&text);
             }
+            Event::ServiceStarted(e) if !quiet => {
+                let mut text = format!("service `{}`: started for {}", e.service, e.for_step);
+                if e.restart > 0 {
+                    text = format!("service `{}`: restarted (restart {})", e.service, e.restart);
+                }
+                if self.verbosity == Verbosity::Verbose {
+                    text.push_str(&format!(" [pid {}]", e.pid));
+                }
+                self.line(&text);
+            }
+            Event::ServiceHealthy(e) if !quiet => {
+                let text = match e.checks {
+                    0 => format!("service `{}`: running (no health check)", e.service),
+                    n => format!(
+                        "service `{}`: healthy after {} ({n} check{})",
+                        e.service,
+                        human_ms(e.after_ms),
+                        if n == 1 { "" } else { "s" }
+                    ),
+                };
+                self.line(&text);
+            }
+            Event::ServiceExited(e) => match e.reason {
+                // A death is reported by the session with what it means for the steps.
+                crate::journal::ServiceEnd::Died => {}
+                _ if quiet => {}
+                reason => self.line(&format!(
+                    "service `{}`: {} ({})",
+                    e.service,
+                    if reason == crate::journal::ServiceEnd::Lost { "lost with its runner" } else { "stopped" },
+                    e.message
+                )),
+            },
             Event::RunInterrupted(e) => self.line(&format!(
                 "run {} interrupted by {}; continue with `runner resume --run-id {}`",
                 state.run_id, e.signal, state.run_id
@@ -241,6 +279,16 @@ impl Reporter {
             return;
         }
     }
+}
+
+/// `, degraded: service `api` died`, when services died under `degraded = "continue"`.
+pub fn degraded(state: &RunState) -> String {
+    let names = state.degraded();
+    if names.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    format!(" (degraded: service {} died while steps used it)", list.join(", "))
 }
 
 /// `waiting for approval: <message> (approvers: a, b)`: the console and `status` say the same.

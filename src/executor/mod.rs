@@ -1,5 +1,6 @@
 //! Running commands on this machine: process groups, gates, reaping, signals, leftovers.
 
+mod lines;
 mod process;
 pub mod procfs;
 mod reaper;
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-pub use process::{GATE_CLOSED_EXIT, Gated, SpawnSpec, signal_group, spawn_gated};
-pub use reaper::{Exit, Reaper};
+pub use lines::LineSink;
+pub use process::{GATE_CLOSED_EXIT, Gated, Output, Program, SpawnSpec, signal_group, spawn_gated};
+pub use reaper::{Exit, Reaper, Waiters};
 pub use signals::forward_signals;
 
 /// Stops every process left behind by a dead runner's attempts of the run in `run_dir`

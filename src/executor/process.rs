@@ -23,20 +23,32 @@ const GATE_PROLOGUE: &str = "read -r _ || exit 125; exec </dev/null; ";
 /// Exit code of a child whose runner died before opening its gate.
 pub const GATE_CLOSED_EXIT: i32 = 125;
 
+/// What to run once the gate opens.
+pub enum Program<'a> {
+    /// A shell command, run by `/bin/sh -c` (a step).
+    Shell(&'a str),
+    /// A program and its arguments, exec'd in place of the gate's shell, so the process
+    /// the runner started *is* the program (a service): no shell stays between them.
+    Argv(&'a [String]),
+}
+
+/// Where a child's output goes.
+pub enum Output {
+    /// Straight into these files, or through the runner when secrets must be masked.
+    Files { stdout: File, stderr: File, redact: Option<Arc<crate::secrets::Redactor>> },
+    /// Whole lines, masked, into a shared log and onto the console (a service).
+    Lines(Arc<super::lines::LineSink>),
+}
+
 /// What to start.
 pub struct SpawnSpec<'a> {
-    /// Run by `/bin/sh -c`.
-    pub command: &'a str,
+    pub program: Program<'a>,
     /// Added to the runner's own environment.
     pub env: &'a [(String, String)],
     pub workdir: &'a Path,
-    pub stdout: File,
-    pub stderr: File,
+    pub output: Output,
     /// Inherited variables the command must not see (secrets it did not declare).
     pub remove_env: &'a [String],
-    /// When set, the output goes through the runner, which masks these values before it
-    /// reaches the log files.
-    pub redact: Option<Arc<crate::secrets::Redactor>>,
 }
 
 /// A child that exists but waits at its gate.
@@ -60,22 +72,38 @@ impl Gated {
 /// Creates the child in a new process group, stopped at its gate.
 pub fn spawn_gated(spec: SpawnSpec) -> io::Result<Gated> {
     let (gate_in, gate) = io::pipe()?;
-    let mut script = String::with_capacity(GATE_PROLOGUE.len() + spec.command.len());
-    script.push_str(GATE_PROLOGUE);
-    script.push_str(spec.command);
     let mut command = Command::new("/bin/sh");
+    match spec.program {
+        Program::Shell(line) => {
+            let mut script = String::with_capacity(GATE_PROLOGUE.len() + line.len());
+            script.push_str(GATE_PROLOGUE);
+            script.push_str(line);
+            command.arg("-c").arg(script);
+        }
+        // `$0` and `$@` are the arguments as given: nothing is parsed by the shell.
+        Program::Argv(argv) => {
+            command.arg("-c").arg(format!("{GATE_PROLOGUE}exec \"$0\" \"$@\"")).args(argv);
+        }
+    }
     for name in spec.remove_env {
         command.env_remove(name);
     }
-    command.arg("-c").arg(script).envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(spec.workdir);
+    command.envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(spec.workdir);
     let mut relays = Vec::new();
-    let (stdout, stderr) = match &spec.redact {
-        None => (Stdio::from(spec.stdout), Stdio::from(spec.stderr)),
-        Some(r) => {
+    let (stdout, stderr) = match spec.output {
+        Output::Files { stdout, stderr, redact: None } => (Stdio::from(stdout), Stdio::from(stderr)),
+        Output::Files { stdout, stderr, redact: Some(r) } => {
             let (out_r, out_w) = io::pipe()?;
             let (err_r, err_w) = io::pipe()?;
-            relays.push(relay(out_r, spec.stdout, Arc::clone(r))?);
-            relays.push(relay(err_r, spec.stderr, Arc::clone(r))?);
+            relays.push(relay(out_r, stdout, Arc::clone(&r))?);
+            relays.push(relay(err_r, stderr, r)?);
+            (Stdio::from(out_w), Stdio::from(err_w))
+        }
+        Output::Lines(sink) => {
+            let (out_r, out_w) = io::pipe()?;
+            let (err_r, err_w) = io::pipe()?;
+            relays.push(super::lines::relay(out_r, Arc::clone(&sink))?);
+            relays.push(super::lines::relay(err_r, sink)?);
             (Stdio::from(out_w), Stdio::from(err_w))
         }
     };

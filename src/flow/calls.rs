@@ -140,6 +140,7 @@ pub fn instantiate(callee: &Flow, prefix: &str, frame: u32, offset: usize) -> Ve
                     step.secrets.insert(0, name.clone());
                 }
             }
+            step.services = s.services.iter().map(|n| format!("{prefix}{n}")).collect();
             step.scope = prefix.to_string();
             step.frame = Some(frame);
             step

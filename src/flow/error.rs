@@ -92,6 +92,12 @@ pub enum FlowErrorKind {
         "`{0}` is both a secret and in `env`: a secret's value comes from the environment or --env-file, never from the flow"
     )]
     SecretInEnv(String),
+    #[error("invalid service name `{0}`: use 1 to 64 letters, digits, `_` or `-`")]
+    ServiceName(String),
+    #[error("service `{service}`: {message}")]
+    Service { service: String, message: String },
+    #[error("step `{step}` uses unknown service `{service}`{hint}")]
+    UnknownService { step: String, service: String, hint: String },
 }
 
 /// A flow error with the file and, when known, the line and column it concerns.

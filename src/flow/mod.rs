@@ -5,6 +5,7 @@ mod error;
 mod params;
 mod raw;
 mod routes;
+mod services;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use error::Source;
 pub use error::{FlowError, FlowErrorKind, Pos};
 pub use params::{ParamError, param_env_name, parse_param_args};
 use raw::{RawFlow, RawRule, RawStep};
+pub use services::{Check, Health, Service};
 
 /// Grace between SIGTERM and SIGKILL when a step is stopped, unless the step sets `grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -45,8 +47,10 @@ pub struct Flow {
     pub hash: String,
     /// Named sets of gates that replace steps' own gates (`runner run --profile NAME`).
     pub profiles: BTreeMap<String, Vec<(usize, Gate)>>,
-    /// `secrets` of the flow: every step gets them.
+    /// `secrets` of the flow: every step and every service gets them.
     pub secrets: Vec<String>,
+    /// `[services.<name>]`; a called flow's join under their steps' prefix (`caller/api`).
+    pub services: BTreeMap<String, std::sync::Arc<Service>>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +103,8 @@ pub struct Step {
     pub cache: bool,
     /// `secrets` of the step: only it gets them (besides the flow's).
     pub secrets: Vec<String>,
+    /// Names of the services that must be healthy while it runs.
+    pub services: Vec<String>,
 }
 
 /// Who must approve a step, and what they are told.
@@ -251,6 +257,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let env = env_table(src, raw.env)?;
     let secrets = secret_names(src, raw.secrets, &env)?;
     let defaults = Defaults::build(src, raw.defaults)?;
+    let services = services::build(src, raw.services)?;
 
     if raw.steps.is_empty() {
         return Err(FlowError::whole_file(src.path, FlowErrorKind::NoSteps));
@@ -272,7 +279,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let mut steps = Vec::with_capacity(raw.steps.len());
     let mut need_spans = Vec::with_capacity(raw.steps.len());
     let mut rules = Vec::with_capacity(raw.steps.len());
-    let scope = Scope { src, index: &index, params: &params };
+    let scope = Scope { src, index: &index, params: &params, services: &services };
     for (i, step) in raw.steps.into_iter().enumerate() {
         let (step, spans, raw_rules) = build_step(&scope, &defaults, i, step.into_inner())?;
         steps.push(step);
@@ -305,6 +312,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         hash,
         profiles,
         secrets,
+        services,
     })
 }
 
@@ -416,10 +424,15 @@ fn build_profiles(
 }
 
 impl Flow {
-    /// Every secret the flow declares, at flow or step level, sorted.
+    /// Every secret the flow declares, at flow, step or service level, sorted.
     pub fn secret_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.secrets.iter().chain(self.steps.iter().flat_map(|s| &s.secrets)).cloned().collect();
+        let mut names: Vec<String> = self
+            .secrets
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| &s.secrets))
+            .chain(self.services.values().flat_map(|s| &s.secrets))
+            .cloned()
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -443,6 +456,7 @@ pub(crate) struct Scope<'a> {
     src: &'a Source<'a>,
     index: &'a HashMap<String, (usize, usize)>,
     params: &'a BTreeMap<String, Param>,
+    services: &'a BTreeMap<String, std::sync::Arc<Service>>,
 }
 
 impl Scope<'_> {
@@ -630,6 +644,22 @@ fn build_step(
     let files = (files != Files::default()).then(|| Box::new(files));
     let step_env = env_table(src, raw.env)?;
     let secrets = secret_names(src, raw.secrets, &step_env)?;
+    let mut services = Vec::new();
+    for name in raw.services.unwrap_or_default() {
+        if is_call {
+            return Err(not_for_call("services"));
+        }
+        if !scope.services.contains_key(name.get_ref()) {
+            let hint = hint(name.get_ref(), scope.services.keys());
+            return Err(src.error_at(
+                name.span().start,
+                FlowErrorKind::UnknownService { step: id.clone(), service: name.into_inner(), hint },
+            ));
+        }
+        if !services.contains(name.get_ref()) {
+            services.push(name.into_inner());
+        }
+    }
     let cache = match raw.cache {
         Some(true) if is_call => return Err(not_for_call("cache")),
         Some(c) => c,
@@ -672,6 +702,7 @@ fn build_step(
         files,
         cache,
         secrets,
+        services,
     };
     Ok((step, spans, raw.next.unwrap_or_default()))
 }

@@ -27,6 +27,45 @@ pub struct RawFlow {
     /// started with `--profile <name>`.
     #[serde(default)]
     pub profiles: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<RawGate>>>,
+    /// `[services.<name>]`: background processes that steps use.
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, RawService>,
+}
+
+/// `[services.<name>]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub run: Spanned<RawCommand>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub interval: Option<Spanned<String>>,
+    pub start_timeout: Option<Spanned<String>>,
+    pub restart: Option<Spanned<String>>,
+    pub max_restarts: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Scalar>,
+    pub secrets: Option<Vec<Spanned<String>>>,
+    pub grace: Option<Spanned<String>>,
+    pub degraded: Option<Spanned<String>>,
+}
+
+/// A service's command: a string split like a shell would (quotes, no expansion), or
+/// an array of arguments.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawCommand {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// `health = { http = "…" }`, `{ tcp = "host:port" }` or `{ cmd = "…" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub http: Option<String>,
+    pub tcp: Option<String>,
+    pub cmd: Option<String>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[defaults]`: values every step takes unless it sets its own.
@@ -120,6 +159,7 @@ pub struct RawStep {
     pub outputs: Option<Vec<Spanned<String>>>,
     pub cache: Option<bool>,
     pub secrets: Option<Vec<Spanned<String>>>,
+    pub services: Option<Vec<Spanned<String>>>,
 }
 
 /// `on_failure = { call = "flows/cleanup.toml", with = { … }, then = "retry" }`.

@@ -76,6 +76,12 @@ events! {
     ApprovalDecided(ApprovalDecided),
     /// A step's gate was checked on its outputs, before its result is recorded.
     GateEvaluated(GateEvaluated),
+    /// A service's process exists; its command runs once this is durable.
+    ServiceStarted(ServiceStarted),
+    /// A service passed its health check (or, without one, was started).
+    ServiceHealthy(ServiceHealthy),
+    /// A service's process ended: stopped by the runner, or on its own.
+    ServiceExited(ServiceExited),
     RunInterrupted(RunInterrupted),
     /// Nothing else can move and steps wait for approval: the runner exits 3.
     RunPaused(RunPaused),
@@ -100,6 +106,11 @@ impl Event {
             Event::GateEvaluated(e) => Some(&e.step),
             _ => None,
         }
+    }
+
+    /// Whether it is about a service (and changes no step).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Event::ServiceStarted(_) | Event::ServiceHealthy(_) | Event::ServiceExited(_))
     }
 
     /// The (visit, attempt) of its step the event begins or ends, if any. (`CallReturned`
@@ -340,6 +351,8 @@ pub enum FailReason {
     MissingOutput,
     /// A declared input file is missing or unreadable: the command was not started.
     Inputs,
+    /// A service the step uses did not become healthy, or died while the step ran.
+    Service,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -511,6 +524,72 @@ pub struct GateEvaluated {
     /// Every value the conditions read, by the name they read it with
     /// (`steps.test.outputs.coverage`); `null` when absent.
     pub values: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStarted {
+    pub service: String,
+    /// 1 for the service's first start in the run, then 2, 3, …
+    pub instance: u32,
+    pub pid: i32,
+    pub proc_start: u64,
+    /// How many times it was restarted after failing, in a row, before this start.
+    pub restart: u32,
+    /// The step whose start needed it.
+    pub for_step: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceHealthy {
+    pub service: String,
+    pub instance: u32,
+    /// Health checks made, the passing one included (0: the service has no check).
+    pub checks: u32,
+    /// From its start until healthy.
+    pub after_ms: u64,
+}
+
+/// Why a service's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceEnd {
+    /// The runner stopped it: no step needs it any more, or the run ended or was stopped.
+    Stopped,
+    /// The runner stopped it because it did not become healthy within `start_timeout`.
+    StartTimeout,
+    /// It exited (or was killed) while the runner still needed it.
+    Died,
+    /// Its runner died; the next session stopped what was left of it.
+    Lost,
+}
+
+impl ServiceEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceEnd::Stopped => "stopped",
+            ServiceEnd::StartTimeout => "start_timeout",
+            ServiceEnd::Died => "died",
+            ServiceEnd::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceExited {
+    pub service: String,
+    pub instance: u32,
+    pub reason: ServiceEnd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub message: String,
+    /// It died with `degraded = "continue"`: the steps using it went on, the run is degraded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

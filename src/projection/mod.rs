@@ -201,6 +201,7 @@ impl Projection {
         rows::insert_events(&tx, run_id, &fresh).map_err(sql)?;
         rows::upsert_steps(&tx, run_id, batch.steps.iter()).map_err(sql)?;
         rows::upsert_frames(&tx, run_id, batch.frames.iter()).map_err(sql)?;
+        rows::upsert_services(&tx, run_id, batch.services.iter()).map_err(sql)?;
         rows::upsert_run(&tx, &batch.run, batch.journal_bytes).map_err(sql)?;
         tx.commit().map_err(sql)
     }

@@ -8,9 +8,9 @@ use rusqlite::{Connection, params};
 
 use crate::journal::{Event, GateOutcome, Record};
 use crate::report;
-use crate::state::{Approval, Attempt, Frame, Route, RunState, StepState, StepStatus};
+use crate::state::{Approval, Attempt, Frame, Route, RunState, ServiceRun, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -154,6 +154,24 @@ CREATE TABLE receipts (
     finished_at TEXT,
     PRIMARY KEY (run_id, step_id, visit, attempt)
 ) WITHOUT ROWID;
+CREATE TABLE services (
+    run_id     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    instance   INTEGER NOT NULL,
+    pid        INTEGER NOT NULL,
+    for_step   TEXT NOT NULL,
+    restarts   INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    healthy_at TEXT,
+    checks     INTEGER,
+    stopped_at TEXT,
+    reason     TEXT,
+    exit_code  INTEGER,
+    signal     TEXT,
+    message    TEXT,
+    degraded   INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name, instance)
+) WITHOUT ROWID;
 CREATE TABLE events (
     run_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -175,6 +193,7 @@ CREATE INDEX receipts_by_key ON receipts (key);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS services;
 DROP TABLE IF EXISTS receipts;
 DROP TABLE IF EXISTS gates;
 DROP TABLE IF EXISTS approvals;
@@ -200,6 +219,7 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("approvals", "run_id, step_id, seq"),
     ("gates", "run_id, step_id, visit, attempt"),
     ("receipts", "run_id, step_id, visit, attempt"),
+    ("services", "run_id, name, instance"),
     ("events", "run_id, seq"),
 ];
 
@@ -597,6 +617,8 @@ pub struct Batch {
     pub steps: Vec<StepRows<'static>>,
     /// The frames a call event pushed or popped.
     pub frames: Vec<Frame>,
+    /// The service instances a service event changed.
+    pub services: Vec<ServiceRun>,
     pub journal_bytes: u64,
 }
 
@@ -634,8 +656,24 @@ impl Batch {
             })
             .filter_map(|f| state.frames.get(f as usize - 1).cloned())
             .collect();
+        let mut services: Vec<ServiceRun> = Vec::new();
+        for r in records {
+            let (name, instance) = match &r.event {
+                Event::ServiceStarted(e) => (&e.service, e.instance),
+                Event::ServiceHealthy(e) => (&e.service, e.instance),
+                Event::ServiceExited(e) => (&e.service, e.instance),
+                _ => continue,
+            };
+            let found = state.services.iter().find(|s| s.service == *name && s.instance == instance);
+            if let Some(run) = found
+                && !services.contains(run)
+            {
+                services.push(run.clone());
+            }
+        }
         Batch {
             records: records.to_vec(),
+            services,
             run: RunRow::of(state),
             steps: touched
                 .iter()
@@ -652,6 +690,7 @@ impl Batch {
         self.run = later.run;
         self.journal_bytes = later.journal_bytes;
         self.frames.extend(later.frames);
+        self.services.extend(later.services);
         for step in later.steps {
             match self.steps.binary_search_by_key(&step.pos, |s| s.pos) {
                 Ok(i) => self.steps[i].merge(step),
@@ -663,6 +702,7 @@ impl Batch {
 
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
     for table in [
+        "services",
         "events",
         "receipts",
         "gates",
@@ -710,6 +750,39 @@ pub fn upsert_frames<'a>(
     Ok(())
 }
 
+/// Writes the rows of service instances (later versions replace earlier ones).
+pub fn upsert_services<'a>(
+    conn: &Connection,
+    run_id: &str,
+    services: impl Iterator<Item = &'a ServiceRun>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO services (run_id, name, instance, pid, for_step, restarts, started_at,
+            healthy_at, checks, stopped_at, reason, exit_code, signal, message, degraded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    for s in services {
+        stmt.execute(params![
+            run_id,
+            s.service,
+            s.instance,
+            s.pid,
+            s.for_step,
+            s.restart,
+            s.started_at,
+            s.healthy_at,
+            s.checks,
+            s.stopped_at,
+            s.reason.map(|r| r.as_str()),
+            s.exit_code,
+            s.signal,
+            s.message,
+            s.degraded,
+        ])?;
+    }
+    Ok(())
+}
+
 /// Writes a whole run: its events, and every row derived from its state.
 pub fn write_run(
     conn: &Connection,
@@ -721,5 +794,6 @@ pub fn write_run(
     let rows: Vec<StepRows> = state.steps.iter().enumerate().map(|(i, s)| StepRows::all(i, s)).collect();
     upsert_steps(conn, &state.run_id, rows.iter())?;
     upsert_frames(conn, &state.run_id, state.frames.iter())?;
+    upsert_services(conn, &state.run_id, state.services.iter())?;
     upsert_run(conn, &RunRow::of(state), journal_bytes)
 }

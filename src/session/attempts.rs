@@ -56,6 +56,8 @@ pub(super) struct Running {
     pub definition: Option<Box<(crate::receipt::Definition, String)>>,
     /// Threads masking secrets in its output on the way to the logs.
     pub relays: Vec<std::thread::JoinHandle<()>>,
+    /// A service it uses died while it ran: it is being stopped, and fails with this.
+    pub service_lost: Option<String>,
 }
 
 impl Running {
@@ -74,6 +76,7 @@ impl Running {
             leader_exit: None,
             definition: None,
             relays: Vec::new(),
+            service_lost: None,
         }
     }
 }
@@ -163,6 +166,15 @@ impl Session {
         }
         if self.flow.steps[idx].call.is_some() {
             return self.start_call(idx, crate::journal::CallReason::Call);
+        }
+        match self.services_ready(idx)? {
+            super::services::Readiness::Ready => {}
+            super::services::Readiness::Wait => return Ok(()),
+            super::services::Readiness::Fail(message) => {
+                let st = &self.state.steps[idx];
+                let (visit, attempt) = (st.next_visit(), st.next_attempt());
+                return self.record_unstartable(idx, visit, attempt, FailReason::Service, message);
+            }
         }
         let step_id = self.flow.steps[idx].id.clone();
         let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
@@ -342,13 +354,11 @@ impl Session {
         let (step, workdir) = (&self.flow.steps[idx], Path::new(&self.state.workdir));
         let redact = self.redactor.clone();
         executor::spawn_gated(SpawnSpec {
-            command: &step.run,
+            program: executor::Program::Shell(&step.run),
             env: &env,
             workdir,
-            stdout,
-            stderr,
+            output: executor::Output::Files { stdout, stderr, redact },
             remove_env: &remove_env,
-            redact,
         })
         .map_err(|e| format!("cannot start the command: {e}"))
     }
@@ -420,7 +430,9 @@ impl Session {
         let duration_ms = r.started.map_or(0, |s| ended.saturating_duration_since(s).as_millis() as u64);
         let (visit, attempt) = (r.visit, r.attempt);
         let left = match exit {
-            Exit::Code(0) if !r.timed_out => Some(self.read_left(&step_id, visit, attempt)),
+            Exit::Code(0) if !r.timed_out && r.service_lost.is_none() => {
+                Some(self.read_left(&step_id, visit, attempt))
+            }
             _ => None,
         };
         let definition = r.definition.take();
@@ -489,6 +501,12 @@ impl Session {
                     duration_ms: Some(duration_ms),
                 }));
             }
+            _ if r.service_lost.is_some() => (
+                FailReason::Service,
+                code_of(exit),
+                signal_of(exit),
+                r.service_lost.take().unwrap_or_default(),
+            ),
             _ if r.timed_out => (
                 FailReason::Timeout,
                 code_of(exit),
@@ -639,6 +657,7 @@ impl Session {
             for (pid, r) in &mut self.running {
                 kill_now(*pid, r, now);
             }
+            self.kill_services_now();
         }
     }
 
@@ -663,6 +682,7 @@ impl Session {
                 r.recheck_at = Some(now + RECHECK);
             }
         }
+        self.check_service_timers()?;
         self.record_finished()
     }
 
@@ -682,7 +702,7 @@ impl Session {
         // While a step waits for approval, its verdict may arrive in the inbox.
         let inbox = (self.stop.is_none() && self.state.count(crate::state::StepStatus::Waiting) > 0)
             .then(|| Instant::now() + super::approvals::INBOX_POLL);
-        timers.chain(retries).flatten().chain(inbox).min()
+        timers.chain(retries).flatten().chain(inbox).chain(self.next_service_wake()).min()
     }
 }
 

@@ -40,6 +40,16 @@ fn lay_out(
     let first = format!("{prefix}{}", callee.steps[0].id);
     let at = plan.steps.iter().position(|s| s.id == first).unwrap_or(plan.steps.len());
     let steps = flow::instantiate(callee, &prefix, frame, at);
+    // The callee's services join under the same prefix, with its flow-level secrets.
+    for (name, service) in &callee.services {
+        let mut service = (**service).clone();
+        for secret in &callee.secrets {
+            if !service.secrets.contains(secret) {
+                service.secrets.push(secret.clone());
+            }
+        }
+        plan.services.insert(format!("{prefix}{name}"), std::sync::Arc::new(service));
+    }
     if at == plan.steps.len() {
         plan.steps.extend(steps);
         return Ok(());

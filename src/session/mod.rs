@@ -13,6 +13,7 @@ mod env;
 mod open;
 mod receipts;
 mod routing;
+mod services;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -80,6 +81,13 @@ pub enum SessionError {
 enum Msg {
     Exit(i32, Exit),
     Signal(Signal),
+    /// A service's health check: how many were made, and what the last one saw.
+    Health {
+        service: String,
+        instance: u32,
+        checks: u32,
+        result: Result<(), String>,
+    },
 }
 
 /// A run, locked by this process, ready to be driven.
@@ -94,7 +102,10 @@ pub struct Session {
     report: Reporter,
     jobs: usize,
     rx: Receiver<Msg>,
+    /// For the threads that report to the session (health checks).
+    tx: mpsc::Sender<Msg>,
     reaper: Reaper,
+    services: services::Services,
     running: HashMap<i32, Running>,
     gates: Vec<(i32, Gated)>,
     retry_at: HashMap<usize, Instant>,
@@ -135,6 +146,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let (tx, rx) = mpsc::channel();
         let exits = tx.clone();
+        let to_session = tx.clone();
         let reaper = Reaper::start(move |pid, exit| {
             let _ = exits.send(Msg::Exit(pid, exit));
         });
@@ -190,7 +202,9 @@ impl Session {
             report,
             jobs: opts.jobs.max(1),
             rx,
+            tx: to_session,
             reaper,
+            services: services::Services::default(),
             running: HashMap::new(),
             gates: Vec::new(),
             retry_at: HashMap::new(),
@@ -225,8 +239,13 @@ impl Session {
                 self.start_ready()?;
             }
             self.commit()?;
+            self.stop_unneeded_services();
             if self.running.is_empty() {
                 if let Some(signal) = self.stop {
+                    self.stop_all_services(&format!(
+                        "the run was stopped by {}",
+                        executor::signal_name(signal)
+                    ))?;
                     self.record(Event::RunInterrupted(RunInterrupted {
                         signal: executor::signal_name(signal),
                     }))?;
@@ -280,10 +299,18 @@ impl Session {
 
     fn handle(&mut self, msg: Msg) -> Result<(), SessionError> {
         match msg {
-            Msg::Exit(pid, exit) => self.on_exit(pid, exit),
+            Msg::Exit(pid, exit) => {
+                if self.on_service_exit(pid, exit)? {
+                    return self.record_finished();
+                }
+                self.on_exit(pid, exit)
+            }
             Msg::Signal(sig) => {
                 self.on_signal(sig);
                 Ok(())
+            }
+            Msg::Health { service, instance, checks, result } => {
+                self.on_health(&service, instance, checks, result)
             }
         }
     }
@@ -302,6 +329,7 @@ impl Session {
     }
 
     fn finish(&mut self) -> Result<SessionEnd, SessionError> {
+        self.stop_all_services("the run ended")?;
         let outcome = scheduler::outcome(&self.state);
         let failed_steps = scheduler::failed_steps(&self.state);
         let waiting: Vec<String> = self
@@ -330,6 +358,9 @@ impl Session {
     fn record(&mut self, event: Event) -> Result<(), SessionError> {
         let record = self.journal.stage(event);
         self.state.apply(record).map_err(|e| SessionError::Internal(format!("event does not fold: {e}")))?;
+        if record.event.is_service() {
+            return Ok(());
+        }
         if record.event.step().is_none() {
             self.sched.sync_all(&self.state);
             return Ok(());
@@ -386,6 +417,7 @@ impl Session {
             }
             gate.open();
         }
+        self.open_service_gates();
         for r in &records {
             self.report.event(r, &self.state);
         }
@@ -435,6 +467,7 @@ impl Drop for Session {
         for pid in self.running.keys() {
             executor::signal_group(*pid, Signal::SIGKILL);
         }
+        self.services.kill_all();
         executor::kill_orphans();
     }
 }

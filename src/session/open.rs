@@ -340,10 +340,50 @@ impl Session {
                 a.pid.zip(a.proc_start).filter(|_| same_boot).map(|(pid, start)| (s.id.clone(), pid, start))
             })
             .collect();
-        let grace = self.flow.steps.iter().map(|s| s.grace).max().unwrap_or_default();
+        // Services the dead runner left running are stopped like steps (a name no step has).
+        let lost: Vec<(String, u32)> = self
+            .state
+            .services
+            .iter()
+            .filter(|s| s.stopped_at.is_none())
+            .map(|s| (s.service.clone(), s.instance))
+            .collect();
+        let mut groups = groups;
+        groups.extend(
+            self.state
+                .services
+                .iter()
+                .filter(|s| s.stopped_at.is_none())
+                .map(|s| (format!("service {}", s.service), s.pid, s.proc_start)),
+        );
+        let grace =
+            self.flow.steps.iter().map(|s| s.grace).chain(self.flow.services.values().map(|s| s.grace));
+        let grace = grace.max().unwrap_or_default();
         let run_dir = self.dir.to_string_lossy().into_owned();
         let stopped = executor::stop_leftovers(&run_dir, &groups, grace)
             .map_err(|pids| SessionError::LeftoversSurvived { pids })?;
+        for (service, instance) in lost {
+            let was_alive = stopped.contains(&format!("service {service}"));
+            let message = if was_alive {
+                "its runner died; the process it left running was stopped".to_string()
+            } else {
+                "its runner died".to_string()
+            };
+            if was_alive {
+                self.report.warn(&format!(
+                    "service `{service}` was still running from the previous runner; stopped it"
+                ));
+            }
+            self.record(Event::ServiceExited(journal::ServiceExited {
+                service,
+                instance,
+                reason: journal::ServiceEnd::Lost,
+                exit_code: None,
+                signal: None,
+                message,
+                degraded: false,
+            }))?;
+        }
         for mut event in in_flight {
             // A receipt written just before the runner died was never acknowledged: the
             // journal says the attempt was interrupted, so the receipt must not say more.
@@ -368,6 +408,7 @@ impl Session {
         }
         let others: Vec<&String> = stopped
             .iter()
+            .filter(|s| !s.starts_with("service "))
             .filter(|s| {
                 self.state.step(s).is_some_and(|st| st.status != crate::state::StepStatus::Interrupted)
             })

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::flow::Then;
 use crate::journal::{
     CallPushed, CallReason, Decision, Event, FailReason, GateEvaluated, Handoff, InterruptReason, ReceiptRef,
-    Record, RoutingDecided, RunOutcome,
+    Record, RoutingDecided, RunOutcome, ServiceEnd,
 };
 pub use snapshot::{SNAPSHOT_FILE, Snapshot, SnapshotFile, load_snapshot, write_snapshot};
 
@@ -365,6 +365,9 @@ pub struct RunState {
     /// The gate profile chosen with `--profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// Every start of a service, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRun>,
     /// Derived lookups, rebuilt after deserialising and ignored by equality.
     #[serde(skip)]
     index: Derived,
@@ -384,6 +387,27 @@ impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
+}
+
+/// One start of a service, and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRun {
+    pub service: String,
+    pub instance: u32,
+    pub pid: i32,
+    pub proc_start: u64,
+    pub restart: u32,
+    pub for_step: String,
+    pub started_at: String,
+    pub healthy_at: Option<String>,
+    pub checks: Option<u32>,
+    pub stopped_at: Option<String>,
+    pub reason: Option<ServiceEnd>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub message: Option<String>,
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 /// An event that cannot follow the events before it: the journal contradicts itself.
@@ -424,6 +448,7 @@ impl RunState {
             steps,
             frames: Vec::new(),
             profile: e.profile.clone(),
+            services: Vec::new(),
             index: Derived::default(),
         };
         state.reindex();
@@ -458,6 +483,33 @@ impl RunState {
         for step in &self.steps {
             self.index.counts[step.status as usize] += 1;
         }
+    }
+
+    /// The running instance of a service, if one is.
+    pub fn live_service(&self, name: &str) -> Option<&ServiceRun> {
+        self.services.iter().rev().find(|s| s.service == name).filter(|s| s.stopped_at.is_none())
+    }
+
+    /// Services that died under `degraded = "continue"`, without repeats.
+    pub fn degraded(&self) -> Vec<&str> {
+        let mut out: Vec<&str> =
+            self.services.iter().filter(|s| s.degraded).map(|s| s.service.as_str()).collect();
+        out.dedup();
+        out
+    }
+
+    /// A running instance `instance` of `name`, for an event about it.
+    fn service_run_mut(
+        &mut self,
+        record: &Record,
+        name: &str,
+        instance: u32,
+    ) -> Result<&mut ServiceRun, FoldError> {
+        self.services
+            .iter_mut()
+            .rev()
+            .find(|s| s.service == name && s.instance == instance && s.stopped_at.is_none())
+            .ok_or_else(|| fold_err(record, &format!("service `{name}` instance {instance} is not running")))
     }
 
     pub fn step_pos(&self, id: &str) -> Option<usize> {
@@ -553,7 +605,7 @@ impl RunState {
             Event::StepFailed(e) => {
                 let step = self.step_mut(record, &e.step)?;
                 // A spawn failure has no StepStarted: the attempt begins and ends here.
-                if matches!(e.reason, FailReason::Spawn | FailReason::Inputs)
+                if matches!(e.reason, FailReason::Spawn | FailReason::Inputs | FailReason::Service)
                     && step.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running)
                 {
                     open_attempt(record, step, Attempt::begin(e.visit, e.attempt, ts))?;
@@ -722,6 +774,49 @@ impl RunState {
                 let step = self.step_mut(record, &e.step)?;
                 running_attempt(record, step, e.attempt)?.gate = Some(Box::new(e.clone()));
             }
+            Event::ServiceStarted(e) => {
+                let count = self.services.iter().filter(|s| s.service == e.service).count();
+                if e.instance as usize != count + 1 {
+                    return Err(fold_err(record, &format!("service `{}` has {count} starts", e.service)));
+                }
+                if self.live_service(&e.service).is_some() {
+                    return Err(fold_err(record, &format!("service `{}` is already running", e.service)));
+                }
+                self.services.push(ServiceRun {
+                    service: e.service.clone(),
+                    instance: e.instance,
+                    pid: e.pid,
+                    proc_start: e.proc_start,
+                    restart: e.restart,
+                    for_step: e.for_step.clone(),
+                    started_at: ts.clone(),
+                    healthy_at: None,
+                    checks: None,
+                    stopped_at: None,
+                    reason: None,
+                    exit_code: None,
+                    signal: None,
+                    message: None,
+                    degraded: false,
+                });
+            }
+            Event::ServiceHealthy(e) => {
+                let run = self.service_run_mut(record, &e.service, e.instance)?;
+                if run.healthy_at.is_some() {
+                    return Err(fold_err(record, &format!("service `{}` is healthy already", e.service)));
+                }
+                run.healthy_at = Some(ts.clone());
+                run.checks = Some(e.checks);
+            }
+            Event::ServiceExited(e) => {
+                let run = self.service_run_mut(record, &e.service, e.instance)?;
+                run.stopped_at = Some(ts.clone());
+                run.reason = Some(e.reason);
+                run.exit_code = e.exit_code;
+                run.signal.clone_from(&e.signal);
+                run.message = Some(e.message.clone());
+                run.degraded = e.degraded;
+            }
             Event::RunPaused(_) => {
                 self.status = RunStatus::Waiting;
                 self.finished_at = Some(ts.clone());
@@ -740,6 +835,7 @@ impl RunState {
             }
         }
         match before {
+            _ if record.event.is_service() => {}
             _ if matches!(&record.event, Event::RoutingDecided(e) if !e.reset.is_empty()) => self.recount(),
             _ if matches!(&record.event, Event::CallPushed(_)) => self.recount(),
             Some((i, old)) if old != self.steps[i].status => {
@@ -825,6 +921,7 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::Gate => "gate",
         FailReason::MissingOutput => "missing_output",
         FailReason::Inputs => "inputs",
+        FailReason::Service => "service",
     }
 }
 

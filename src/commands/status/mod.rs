@@ -260,8 +260,12 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         .map_err(sql(p))?
         .collect::<Result<_, _>>()
         .map_err(sql(p))?;
+    let services = service_rows(p, id)?;
+    let degraded: Vec<&str> = services.iter().filter(|s| s.degraded).map(|s| s.name.as_str()).collect();
     if g.json {
         let mut v = run.to_json();
+        v["degraded"] = json!(degraded);
+        v["services"] = services.iter().map(ServiceRow::to_json).collect();
         v["steps"] = steps
             .iter()
             .map(|s| {
@@ -277,7 +281,13 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
     let mut out = String::new();
     out.push_str(&format!("run:      {}\n", run.run_id));
     out.push_str(&format!("flow:     {}\n", run.flow));
-    out.push_str(&format!("status:   {}\n", run.shown_status()));
+    out.push_str(&format!("status:   {}", run.shown_status()));
+    if !degraded.is_empty() {
+        let mut names = degraded.clone();
+        names.dedup();
+        out.push_str(&format!(" (degraded: service {} died while steps used it)", names.join(", ")));
+    }
+    out.push('\n');
     out.push_str(&format!("started:  {}\n", local_time(&run.started_at)));
     if let Some(ms) = run.duration_ms() {
         out.push_str(&format!("duration: {}\n", human(std::time::Duration::from_millis(ms))));
@@ -306,6 +316,11 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         })
         .collect();
     out.push_str(&table(&["STEP", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "DETAIL"], &cells));
+    if !services.is_empty() {
+        let cells: Vec<Vec<String>> = services.iter().map(ServiceRow::cells).collect();
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "STATE", "HEALTHY AFTER", "UP", "EXIT", "DETAIL"], &cells));
+    }
     // Open frames: where a paused or failed run is inside called flows, outermost first.
     let mut stmt = conn
         .prepare(
@@ -336,4 +351,97 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         out.push_str(&format!("\ncontinue with: runner resume --run-id {id}\n"));
     }
     print(&out)
+}
+
+/// One instance of a service, as the projection has it.
+struct ServiceRow {
+    name: String,
+    instance: i64,
+    pid: i64,
+    restarts: i64,
+    started_at: String,
+    healthy_at: Option<String>,
+    stopped_at: Option<String>,
+    reason: Option<String>,
+    exit_code: Option<i64>,
+    signal: Option<String>,
+    message: Option<String>,
+    degraded: bool,
+}
+
+impl ServiceRow {
+    /// What happened to it: running, healthy, stopped, died, …
+    fn state(&self) -> &str {
+        match (&self.reason, &self.healthy_at) {
+            (Some(r), _) => r.as_str(),
+            (None, Some(_)) => "healthy",
+            (None, None) => "starting",
+        }
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let label =
+            if self.instance > 1 { format!("{}#{}", self.name, self.instance) } else { self.name.clone() };
+        let up_to = self.stopped_at.clone().unwrap_or_else(|| jiff::Timestamp::now().to_string());
+        let exit = match (&self.exit_code, &self.signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let mut detail = self.message.clone().unwrap_or_default();
+        if self.restarts > 0 {
+            detail = format!("restart {}; {detail}", self.restarts);
+        }
+        vec![
+            label,
+            self.state().to_string(),
+            self.healthy_at
+                .as_deref()
+                .and_then(|h| elapsed(&self.started_at, h))
+                .map(human)
+                .unwrap_or_default(),
+            elapsed(&self.started_at, &up_to).map(human).unwrap_or_default(),
+            exit,
+            detail,
+        ]
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name, "instance": self.instance, "pid": self.pid, "restarts": self.restarts,
+            "state": self.state(), "started_at": self.started_at, "healthy_at": self.healthy_at,
+            "stopped_at": self.stopped_at, "exit_code": self.exit_code, "signal": self.signal,
+            "message": self.message, "degraded": self.degraded,
+        })
+    }
+}
+
+fn service_rows(p: &Projection, id: &str) -> Result<Vec<ServiceRow>, Error> {
+    let conn = p.connection();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name, instance, pid, restarts, started_at, healthy_at, stopped_at, reason, exit_code,
+                    signal, message, degraded
+             FROM services WHERE run_id = ?1 ORDER BY started_at, name, instance",
+        )
+        .map_err(sql(p))?;
+    stmt.query_map([id], |r| {
+        Ok(ServiceRow {
+            name: r.get(0)?,
+            instance: r.get(1)?,
+            pid: r.get(2)?,
+            restarts: r.get(3)?,
+            started_at: r.get(4)?,
+            healthy_at: r.get(5)?,
+            stopped_at: r.get(6)?,
+            reason: r.get(7)?,
+            exit_code: r.get(8)?,
+            signal: r.get(9)?,
+            message: r.get(10)?,
+            degraded: r.get(11)?,
+        })
+    })
+    .map_err(sql(p))?
+    .collect::<Result<_, _>>()
+    .map_err(sql(p))
 }

@@ -1,0 +1,546 @@
+//! Services: background processes that steps use, supervised by the session.
+//!
+//! A service starts when the first step that uses it is about to start; that step is
+//! held, with no event of its own, until every service it uses is healthy. A service
+//! stops (its process group: SIGTERM, then SIGKILL after its `grace`) when no step still
+//! to run needs it, and when the run ends or is stopped. One that dies while it is needed
+//! is journaled, fails the steps using it (unless `degraded = "continue"`), and is
+//! restarted up to its limit with `restart = "on-failure"`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::attempts::checked_after;
+use super::{Msg, Session, SessionError};
+use crate::executor::{self, Exit, Gated, LineSink, Output, Program, SpawnSpec};
+use crate::flow::{Service, param_env_name};
+use crate::health::{self, ProbeSpec, Prober};
+use crate::journal::{Event, FailReason, ServiceEnd, ServiceExited, ServiceHealthy, ServiceStarted};
+use crate::report::human;
+use crate::state::StepStatus;
+
+/// Where service logs live in a run directory: `services/<name>.log`.
+pub const SERVICES_DIR: &str = "services";
+/// After SIGKILL, how long to wait for a service's group before recording it anyway.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an exit waits for the service's log relays to drain.
+const RELAY_WAIT: Duration = Duration::from_millis(500);
+
+type Env = Vec<(String, String)>;
+
+/// One started instance of a service.
+pub(super) struct Supervised {
+    def: Arc<Service>,
+    instance: u32,
+    pid: i32,
+    for_step: String,
+    started: Instant,
+    deadline: Instant,
+    healthy: bool,
+    checks: u32,
+    /// What the last failed health check saw.
+    last: Option<String>,
+    prober: Option<Prober>,
+    /// Why the runner is stopping it, once it is.
+    stopping: Option<(ServiceEnd, String)>,
+    kill_at: Option<Instant>,
+    killed_at: Option<Instant>,
+    relays: Vec<JoinHandle<()>>,
+}
+
+/// Every service of a session.
+#[derive(Default)]
+pub(super) struct Services {
+    live: BTreeMap<String, Supervised>,
+    /// Gates of services started in this iteration: opened after the commit.
+    gates: Vec<(String, Gated)>,
+    /// Restarts after a failure used so far, per service.
+    restarts: HashMap<String, u32>,
+    /// Services that died and may not start again in this session, with what happened.
+    dead: HashMap<String, String>,
+    /// Ready steps that wait for their services to be healthy (no event yet).
+    held: BTreeSet<usize>,
+}
+
+/// Whether a step's services let it start.
+pub(super) enum Readiness {
+    Ready,
+    Wait,
+    Fail(String),
+}
+
+impl Services {
+    /// The service with process group `pid`, if any.
+    fn by_pid(&self, pid: i32) -> Option<String> {
+        self.live.iter().find(|(_, s)| s.pid == pid).map(|(n, _)| n.clone())
+    }
+
+    pub fn kill_all(&self) {
+        for s in self.live.values() {
+            executor::signal_group(s.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Session {
+    /// Whether step `idx` can start now as far as its services go; starts the ones it
+    /// needs that are not running.
+    pub(super) fn services_ready(&mut self, idx: usize) -> Result<Readiness, SessionError> {
+        let names = self.flow.steps[idx].services.clone();
+        if names.is_empty() {
+            return Ok(Readiness::Ready);
+        }
+        let mut ready = true;
+        for name in &names {
+            if let Some(s) = self.services.live.get(name) {
+                ready &= s.healthy && s.stopping.is_none();
+                continue;
+            }
+            if let Some(why) = self.services.dead.get(name) {
+                if self.flow.services[name].continue_degraded {
+                    continue;
+                }
+                self.services.held.remove(&idx);
+                return Ok(Readiness::Fail(why.clone()));
+            }
+            let for_step = self.flow.steps[idx].id.clone();
+            if let Err(message) = self.start_service(name, &for_step, 0) {
+                self.services.held.remove(&idx);
+                return Ok(Readiness::Fail(message));
+            }
+            ready = false;
+        }
+        if ready {
+            self.services.held.remove(&idx);
+            Ok(Readiness::Ready)
+        } else {
+            self.services.held.insert(idx);
+            Ok(Readiness::Wait)
+        }
+    }
+
+    /// Starts an instance of `name` at its gate and journals it; the gate opens after
+    /// the commit. `Err` says why it could not be started.
+    fn start_service(&mut self, name: &str, for_step: &str, restart: u32) -> Result<(), String> {
+        let def = Arc::clone(&self.flow.services[name]);
+        let instance = self.state.services.iter().filter(|s| s.service == name).count() as u32 + 1;
+        let log_path = self.dir.join(SERVICES_DIR).join(format!("{name}.log"));
+        let log = log_path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&log_path))
+            .map_err(|e| format!("service `{name}` cannot start: cannot open {}: {e}", log_path.display()))?;
+        let (env, remove_env) = self.service_env(name, instance)?;
+        let sink = Arc::new(LineSink::new(name, log, !self.report.is_quiet(), self.redactor.clone()));
+        let workdir = std::path::PathBuf::from(&self.state.workdir);
+        let mut gated = executor::spawn_gated(SpawnSpec {
+            program: Program::Argv(&def.argv),
+            env: &env,
+            workdir: &workdir,
+            output: Output::Lines(sink),
+            remove_env: &remove_env,
+        })
+        .map_err(|e| format!("service `{name}` cannot start: {e}"))?;
+        self.reaper.wake();
+        let now = Instant::now();
+        let relays = std::mem::take(&mut gated.relays);
+        let event = ServiceStarted {
+            service: name.to_string(),
+            instance,
+            pid: gated.pid,
+            proc_start: gated.proc_start,
+            restart,
+            for_step: for_step.to_string(),
+        };
+        self.services.live.insert(
+            name.to_string(),
+            Supervised {
+                def: Arc::clone(&def),
+                instance,
+                pid: gated.pid,
+                for_step: for_step.to_string(),
+                started: now,
+                deadline: checked_after(now, def.start_timeout),
+                healthy: false,
+                checks: 0,
+                last: None,
+                prober: None,
+                stopping: None,
+                kill_at: None,
+                killed_at: None,
+                relays,
+            },
+        );
+        self.services.gates.push((name.to_string(), gated));
+        self.record(Event::ServiceStarted(event)).map_err(|e| e.to_string())?;
+        // Without a check, a service is ready once it runs.
+        if def.health.is_none() {
+            if let Some(s) = self.services.live.get_mut(name) {
+                s.healthy = true;
+            }
+            let event = ServiceHealthy { service: name.to_string(), instance, checks: 0, after_ms: 0 };
+            self.record(Event::ServiceHealthy(event)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A service's environment: the flow's, the run's parameters, its own, its secrets,
+    /// and `RUNNER_*` (with `RUNNER_RUN_DIR`, so a resume finds it after a crash).
+    fn service_env(&mut self, name: &str, instance: u32) -> Result<(Env, Vec<String>), String> {
+        let def = Arc::clone(&self.flow.services[name]);
+        let mut env: Vec<(String, String)> =
+            self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
+        env.extend(def.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
+        env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
+        env.push(("RUNNER_SERVICE".into(), name.to_string()));
+        env.push(("RUNNER_SERVICE_INSTANCE".into(), instance.to_string()));
+        // A called flow's service (`caller/api`) already carries its flow's secrets.
+        let mut names: Vec<String> = if name.contains('/') {
+            def.secrets.clone()
+        } else {
+            self.flow.secrets.iter().chain(&def.secrets).cloned().collect()
+        };
+        names.sort();
+        names.dedup();
+        if names.iter().any(|n| self.secrets.get(n).is_none()) {
+            self.secrets.resolve(&names).map_err(|e| format!("service `{name}` cannot start: {e}"))?;
+            self.redactor = self.secrets.redactor().map(Arc::new);
+        }
+        env.extend(names.iter().filter_map(|n| self.secrets.get(n).map(|v| (n.clone(), v.to_string()))));
+        let remove: Vec<String> = self.secrets.names().filter(|n| !names.contains(n)).cloned().collect();
+        Ok((env, remove))
+    }
+
+    /// After a commit: lets the services started in it run, and starts their checks.
+    pub(super) fn open_service_gates(&mut self) {
+        let gates = std::mem::take(&mut self.services.gates);
+        for (name, gate) in gates {
+            let now = Instant::now();
+            let Some(s) = self.services.live.get_mut(&name) else { continue };
+            s.started = now;
+            s.deadline = checked_after(now, s.def.start_timeout);
+            gate.open();
+            let Some(health) = s.def.health.clone() else { continue };
+            let (env, remove_env) =
+                self.service_env(&name, self.services.live[&name].instance).unwrap_or_default();
+            let spec = ProbeSpec {
+                health,
+                interval: self.services.live[&name].def.interval,
+                env,
+                remove_env,
+                workdir: std::path::PathBuf::from(&self.state.workdir),
+            };
+            let tx = self.tx.clone();
+            let instance = self.services.live[&name].instance;
+            let service = name.clone();
+            let prober = health::start(spec, self.reaper.waiters(), move |checks, result| {
+                let _ = tx.send(Msg::Health { service: service.clone(), instance, checks, result });
+            });
+            match prober {
+                Ok(p) => {
+                    if let Some(s) = self.services.live.get_mut(&name) {
+                        s.prober = Some(p);
+                    }
+                }
+                Err(e) => self.report.warn(&format!("cannot start the health checks of `{name}`: {e}")),
+            }
+        }
+    }
+
+    /// A health check's result.
+    pub(super) fn on_health(
+        &mut self,
+        name: &str,
+        instance: u32,
+        checks: u32,
+        result: Result<(), String>,
+    ) -> Result<(), SessionError> {
+        let Some(s) = self.services.live.get_mut(name) else { return Ok(()) };
+        if s.instance != instance || s.healthy || s.stopping.is_some() {
+            return Ok(());
+        }
+        s.checks = checks;
+        match result {
+            Err(seen) => {
+                s.last = Some(seen);
+                Ok(())
+            }
+            Ok(()) => {
+                s.healthy = true;
+                s.prober = None;
+                let after_ms = s.started.elapsed().as_millis() as u64;
+                let event = ServiceHealthy { service: name.to_string(), instance, checks, after_ms };
+                self.record(Event::ServiceHealthy(event))
+            }
+        }
+    }
+
+    /// Asks a service to stop: SIGTERM to its group now, SIGKILL after its grace.
+    fn stop_service(&mut self, name: &str, reason: ServiceEnd, message: String) {
+        let Some(s) = self.services.live.get_mut(name) else { return };
+        if s.stopping.is_some() {
+            return;
+        }
+        s.prober = None;
+        s.stopping = Some((reason, message));
+        s.kill_at = Some(checked_after(Instant::now(), s.def.grace));
+        executor::signal_group(s.pid, Signal::SIGTERM);
+    }
+
+    /// Whether a step still to run (or running) needs service `name`.
+    fn service_needed(&self, name: &str, running: &BTreeSet<usize>) -> bool {
+        if self.stop.is_some() {
+            return false;
+        }
+        let failing = self.sched.failing();
+        self.flow.steps.iter().enumerate().any(|(i, step)| {
+            step.services.iter().any(|n| n == name)
+                && (running.contains(&i)
+                    || self.services.held.contains(&i)
+                    || (!failing
+                        && matches!(
+                            self.state.steps[i].status,
+                            StepStatus::Pending | StepStatus::Retrying | StepStatus::Interrupted
+                        )))
+        })
+    }
+
+    /// Stops the services no step needs any more.
+    pub(super) fn stop_unneeded_services(&mut self) {
+        if self.services.live.is_empty() {
+            return;
+        }
+        // Held steps that are no longer ready (the run began failing) do not hold services.
+        let failing = self.sched.failing();
+        if failing {
+            self.services.held.clear();
+        }
+        let running: BTreeSet<usize> = self.running.values().map(|r| r.step).collect();
+        let idle: Vec<String> = self
+            .services
+            .live
+            .iter()
+            .filter(|(n, s)| s.stopping.is_none() && !self.service_needed(n, &running))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in idle {
+            self.stop_service(&name, ServiceEnd::Stopped, "no step needs it any more".into());
+        }
+    }
+
+    /// A child exited that may be a service: `true` if it was one.
+    pub(super) fn on_service_exit(&mut self, pid: i32, exit: Exit) -> Result<bool, SessionError> {
+        let Some(name) = self.services.by_pid(pid) else { return Ok(false) };
+        let Some(mut s) = self.services.live.remove(&name) else { return Ok(false) };
+        s.prober = None;
+        // Whatever is left of its group goes too; its last lines reach the log first.
+        executor::signal_group(pid, Signal::SIGKILL);
+        let until = Instant::now() + RELAY_WAIT;
+        while s.relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (exit_code, signal) = match exit {
+            Exit::Code(c) => (Some(c), None),
+            Exit::Signal(sig) => (None, Some(executor::signal_name(sig))),
+        };
+        let how = match exit {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(sig) => format!("was killed by {}", executor::signal_name(sig)),
+        };
+        let event = |reason, message: String, degraded| ServiceExited {
+            service: name.clone(),
+            instance: s.instance,
+            reason,
+            exit_code,
+            signal: signal.clone(),
+            message,
+            degraded,
+        };
+        if let Some((reason, message)) = s.stopping.take() {
+            self.record(Event::ServiceExited(event(reason, message, false)))?;
+            return Ok(true);
+        }
+        // It died while needed.
+        let users: Vec<i32> = self
+            .running
+            .iter()
+            .filter(|(_, r)| self.flow.steps[r.step].services.contains(&name))
+            .map(|(p, _)| *p)
+            .collect();
+        let degraded = s.def.continue_degraded && !users.is_empty();
+        let when = if s.healthy { "" } else { " before it was healthy" };
+        let message = format!("service `{name}` {how}{when}");
+        self.record(Event::ServiceExited(event(ServiceEnd::Died, format!("{how}{when}"), degraded)))?;
+        let log = self.dir.join(SERVICES_DIR).join(format!("{name}.log"));
+        let consequence = if s.def.continue_degraded {
+            "the steps using it go on (degraded = \"continue\")".to_string()
+        } else if users.is_empty() {
+            String::new()
+        } else {
+            format!("stopping {} step(s) that use it", users.len())
+        };
+        self.report.warn(&format!("{message}; {consequence} (log: {})", log.display()));
+        if !s.def.continue_degraded {
+            let now = Instant::now();
+            for pid in users {
+                if let Some(r) = self.running.get_mut(&pid)
+                    && r.service_lost.is_none()
+                {
+                    r.service_lost = Some(format!("{message} while the step ran"));
+                    if r.kill_at.is_none() && r.killed_at.is_none() {
+                        r.kill_at = Some(checked_after(now, self.flow.steps[r.step].grace));
+                        executor::signal_group(pid, Signal::SIGTERM);
+                    }
+                }
+            }
+        }
+        let used = self.services.restarts.get(&name).copied().unwrap_or(0);
+        let failed = exit != Exit::Code(0);
+        let running: BTreeSet<usize> = self.running.values().map(|r| r.step).collect();
+        let needed = self.service_needed(&name, &running);
+        if failed && needed && used < s.def.max_restarts {
+            self.services.restarts.insert(name.clone(), used + 1);
+            self.report.info(&format!(
+                "restarting service `{name}` ({} of {})",
+                used + 1,
+                s.def.max_restarts
+            ));
+            match self.start_service(&name, &s.for_step, used + 1) {
+                Ok(()) => return Ok(true),
+                Err(why) => {
+                    self.services.dead.insert(name.clone(), why);
+                }
+            }
+        } else {
+            let limit = if failed && s.def.max_restarts > 0 {
+                format!(" (after {used} restart(s), its limit)")
+            } else {
+                String::new()
+            };
+            self.services.dead.insert(name.clone(), format!("{message}{limit}"));
+        }
+        if !s.def.continue_degraded {
+            let why = self.services.dead.get(&name).cloned().unwrap_or(message);
+            self.fail_held(&name, &why)?;
+        }
+        Ok(true)
+    }
+
+    /// Fails the held steps that wait for service `name`.
+    fn fail_held(&mut self, name: &str, why: &str) -> Result<(), SessionError> {
+        let held: Vec<usize> = self
+            .services
+            .held
+            .iter()
+            .copied()
+            .filter(|&i| self.flow.steps[i].services.iter().any(|n| n == name))
+            .collect();
+        for idx in held {
+            self.services.held.remove(&idx);
+            let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
+            self.record_unstartable(idx, visit, attempt, FailReason::Service, why.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Start timeouts and kill deadlines of services.
+    pub(super) fn check_service_timers(&mut self) -> Result<(), SessionError> {
+        let now = Instant::now();
+        let mut timed_out = Vec::new();
+        for (name, s) in &mut self.services.live {
+            if !s.healthy && s.stopping.is_none() && now >= s.deadline {
+                timed_out.push(name.clone());
+            }
+            if s.kill_at.is_some_and(|k| now >= k) {
+                executor::signal_group(s.pid, Signal::SIGKILL);
+                s.kill_at = None;
+                s.killed_at = Some(now);
+            }
+        }
+        for name in timed_out {
+            let s = &self.services.live[&name];
+            let check = s.def.health.as_ref().map_or(String::new(), |h| h.check.describe());
+            let last = s.last.as_deref().unwrap_or("no check finished yet");
+            let limit = human(s.def.start_timeout);
+            let message = format!(
+                "service `{name}` was not healthy within {limit}: {check} -> {last} ({} checks)",
+                s.checks
+            );
+            self.fail_held(&name, &message)?;
+            self.stop_service(&name, ServiceEnd::StartTimeout, format!("not healthy within {limit}"));
+        }
+        // A group that survived SIGKILL this long (uninterruptible I/O) is recorded anyway.
+        let stuck: Vec<(i32, Exit)> = self
+            .services
+            .live
+            .values()
+            .filter(|s| s.killed_at.is_some_and(|k| now >= k + KILL_WAIT))
+            .map(|s| (s.pid, Exit::Signal(Signal::SIGKILL)))
+            .collect();
+        for (pid, exit) in stuck {
+            self.on_service_exit(pid, exit)?;
+        }
+        Ok(())
+    }
+
+    /// The next moment a service needs attention.
+    pub(super) fn next_service_wake(&self) -> Option<Instant> {
+        self.services
+            .live
+            .values()
+            .flat_map(|s| {
+                let deadline = (!s.healthy && s.stopping.is_none()).then_some(s.deadline);
+                [deadline, s.kill_at, s.killed_at.map(|k| k + KILL_WAIT)]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Stops every service and waits until they are gone, journaling each exit: the last
+    /// act of a session before it records how the run ended.
+    pub(super) fn stop_all_services(&mut self, why: &str) -> Result<(), SessionError> {
+        let names: Vec<String> = self.services.live.keys().cloned().collect();
+        for name in names {
+            self.stop_service(&name, ServiceEnd::Stopped, why.to_string());
+        }
+        self.services.held.clear();
+        while !self.services.live.is_empty() {
+            let wake =
+                self.next_service_wake().unwrap_or_else(|| Instant::now() + Duration::from_millis(100));
+            match self.rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Msg::Exit(pid, exit)) => {
+                    self.on_service_exit(pid, exit)?;
+                }
+                // A second signal: no more grace.
+                Ok(Msg::Signal(_)) => {
+                    self.services.kill_all();
+                    for s in self.services.live.values_mut() {
+                        s.kill_at = None;
+                        s.killed_at.get_or_insert(Instant::now());
+                    }
+                }
+                Ok(Msg::Health { .. }) | Err(_) => {}
+            }
+            self.check_service_timers()?;
+        }
+        Ok(())
+    }
+
+    /// Services a second signal must not wait for.
+    pub(super) fn kill_services_now(&mut self) {
+        let now = Instant::now();
+        for s in self.services.live.values_mut() {
+            if s.stopping.is_some() || self.stop.is_some() {
+                executor::signal_group(s.pid, Signal::SIGKILL);
+                s.kill_at = None;
+                s.killed_at.get_or_insert(now);
+            }
+        }
+    }
+}
