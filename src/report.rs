@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::journal::{Event, GateOutcome, Record, RoutingSource, RunOutcome};
+use crate::journal::{Event, FailReason, GateOutcome, Record, RoutingSource, RunOutcome};
 use crate::state::{RunState, StepStatus};
 use crate::store::{attempt_dir, visit_label};
 
@@ -112,12 +112,13 @@ impl Reporter {
                 _ => {}
             },
             Event::StepFailed(e) => {
-                let mut text = format!(
-                    "{}: failed: {} after {}",
-                    visit_label(&e.step, e.visit),
-                    e.message,
-                    human_ms(e.duration_ms)
-                );
+                let mut text = format!("{}: failed: {}", visit_label(&e.step, e.visit), e.message);
+                // A command that never started has no duration to tell.
+                let started = !matches!(e.reason, FailReason::Spawn | FailReason::Inputs | FailReason::Service)
+                    || e.duration_ms > 0;
+                if started {
+                    text.push_str(&format!(" after {}", human_ms(e.duration_ms)));
+                }
                 if let Some(ms) = e.retry_in_ms {
                     text.push_str(&format!("; retrying in {}", human_ms(ms)));
                 }

@@ -272,3 +272,35 @@ fn the_release_example_gates_caches_and_waits_for_its_approval() {
         .code(0)
         .stdout_has("input file flows/release/src/main.rs changed");
 }
+
+#[test]
+fn the_service_example_starts_its_api_for_the_steps_that_use_it() {
+    let env = Env::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(env.path().join("flows/with-service")).expect("mkdir");
+    std::fs::copy(repo.join("flows/with-service.toml"), env.path().join("flows/with-service.toml"))
+        .expect("copy");
+    for name in ["api.py", "client.py"] {
+        std::fs::copy(
+            repo.join("flows/with-service").join(name),
+            env.path().join("flows/with-service").join(name),
+        )
+        .expect("copy");
+    }
+    let flow = "flows/with-service.toml";
+    // Without its secret nothing starts.
+    let out = env.command(&["run", flow]).env_remove("API_TOKEN").output().expect("runs");
+    Run::from_output(out).code(2).stderr_has("API_TOKEN");
+    let out = env
+        .command(&["run", flow, "--run-id", "w"])
+        .env("API_TOKEN", "example-tok-42")
+        .output()
+        .expect("runs");
+    Run::from_output(out).code(0).stderr_has("[api] PUT /items").stderr_has("service `api`: healthy after");
+    assert_eq!(env.read("out/total.txt"), "16\n");
+    let events = env.events("w");
+    let healthy = events.iter().position(|e| e == "ServiceHealthy").expect("healthy");
+    let load = events.iter().position(|e| e == "StepStarted:load").expect("load");
+    assert!(healthy < load, "{events:?}");
+    env.assert_rebuild_matches_live();
+}

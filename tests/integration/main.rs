@@ -16,4 +16,5 @@ mod projection;
 mod receipts;
 mod secrets;
 mod semantics;
+mod services;
 mod supervision;
