@@ -34,6 +34,9 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// relay goes on writing its lines after the result; the session must not stall for it.
 const RELAY_WAIT: Duration = Duration::from_millis(500);
 
+/// What an attempt starts with: its definition, key, and why the cache was not used.
+pub(super) type Prepared = (crate::receipt::Definition, String, Option<String>);
+
 /// An attempt whose process exists.
 pub(super) struct Running {
     pub step: usize,
@@ -167,46 +170,26 @@ impl Session {
         if self.flow.steps[idx].call.is_some() {
             return self.start_call(idx, crate::journal::CallReason::Call);
         }
+        let step_id = self.flow.steps[idx].id.clone();
+        let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
+        // A step held for its services keeps the definition it was ready with.
+        let (definition, key, cache) = match self.services.take_prepared(idx) {
+            Some(p) => *p,
+            None => match self.prepare(idx, visit, attempt)? {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+        };
         match self.services_ready(idx)? {
             super::services::Readiness::Ready => {}
-            super::services::Readiness::Wait => return Ok(()),
+            super::services::Readiness::Wait => {
+                self.services.keep_prepared(idx, Box::new((definition, key, cache)));
+                return Ok(());
+            }
             super::services::Readiness::Fail(message) => {
-                let st = &self.state.steps[idx];
-                let (visit, attempt) = (st.next_visit(), st.next_attempt());
                 return self.record_unstartable(idx, visit, attempt, FailReason::Service, message);
             }
         }
-        let step_id = self.flow.steps[idx].id.clone();
-        let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
-        let definition = match self.definition(idx) {
-            Ok(d) => d,
-            Err(message) => return self.record_unstartable(idx, visit, attempt, FailReason::Inputs, message),
-        };
-        let key = definition.key();
-        let cache = if !self.flow.steps[idx].cache {
-            None
-        } else if self.no_cache {
-            Some("forced".to_string())
-        } else {
-            match self.lookup(idx, &key) {
-                Lookup::Hit(from, found) => {
-                    // The gate is in the key, but it may read other steps' outputs: a cached
-                    // result is judged again, and one it now blocks runs instead.
-                    let values = found.produced.as_ref().map(|p| p.values.clone()).unwrap_or_default();
-                    let gate = self.gate_verdict(idx, visit, attempt, &values);
-                    match gate {
-                        Some(g) if g.outcome == GateOutcome::Block => {
-                            Some("stale: its gate blocks the cached result".to_string())
-                        }
-                        gate => {
-                            return self
-                                .record_cached(idx, visit, attempt, definition, key, from, *found, gate);
-                        }
-                    }
-                }
-                Lookup::Miss(why) => Some(why),
-            }
-        };
         match self.spawn(idx, visit, attempt) {
             Ok(mut gated) => {
                 let pid = gated.pid;
@@ -229,6 +212,44 @@ impl Session {
             Err(message) => self.record_unstartable(idx, visit, attempt, FailReason::Spawn, message)?,
         }
         Ok(())
+    }
+
+    /// The definition, key and cache verdict of step `idx`'s next attempt; `None` when
+    /// that already settled the attempt (a cache hit, inputs that cannot be read).
+    fn prepare(&mut self, idx: usize, visit: u32, attempt: u32) -> Result<Option<Prepared>, SessionError> {
+        let definition = match self.definition(idx) {
+            Ok(d) => d,
+            Err(message) => {
+                self.record_unstartable(idx, visit, attempt, FailReason::Inputs, message)?;
+                return Ok(None);
+            }
+        };
+        let key = definition.key();
+        let cache = if !self.flow.steps[idx].cache {
+            None
+        } else if self.no_cache {
+            Some("forced".to_string())
+        } else {
+            match self.lookup(idx, &key) {
+                Lookup::Hit(from, found) => {
+                    // The gate is in the key, but it may read other steps' outputs: a cached
+                    // result is judged again, and one it now blocks runs instead.
+                    let values = found.produced.as_ref().map(|p| p.values.clone()).unwrap_or_default();
+                    let gate = self.gate_verdict(idx, visit, attempt, &values);
+                    match gate {
+                        Some(g) if g.outcome == GateOutcome::Block => {
+                            Some("stale: its gate blocks the cached result".to_string())
+                        }
+                        gate => {
+                            self.record_cached(idx, visit, attempt, definition, key, from, *found, gate)?;
+                            return Ok(None);
+                        }
+                    }
+                }
+                Lookup::Miss(why) => Some(why),
+            }
+        };
+        Ok(Some((definition, key, cache)))
     }
 
     /// Reuses a matching receipt: this attempt gets a receipt of its own that points at it,

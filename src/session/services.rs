@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::attempts::checked_after;
+use super::attempts::{Prepared, checked_after};
 use super::{Msg, Session, SessionError};
 use crate::executor::{self, Exit, Gated, LineSink, Output, Program, SpawnSpec};
 use crate::flow::{Service, param_env_name};
@@ -64,6 +64,8 @@ pub(super) struct Services {
     dead: HashMap<String, String>,
     /// Ready steps that wait for their services to be healthy (no event yet).
     held: BTreeSet<usize>,
+    /// What each held step will start with, worked out when it became ready.
+    prepared: HashMap<usize, Box<Prepared>>,
 }
 
 /// Whether a step's services let it start.
@@ -77,6 +79,20 @@ impl Services {
     /// The service with process group `pid`, if any.
     fn by_pid(&self, pid: i32) -> Option<String> {
         self.live.iter().find(|(_, s)| s.pid == pid).map(|(n, _)| n.clone())
+    }
+
+    pub fn take_prepared(&mut self, idx: usize) -> Option<Box<Prepared>> {
+        self.prepared.remove(&idx)
+    }
+
+    pub fn keep_prepared(&mut self, idx: usize, p: Box<Prepared>) {
+        self.prepared.insert(idx, p);
+    }
+
+    /// Lets go of a held step.
+    fn release(&mut self, idx: usize) {
+        self.held.remove(&idx);
+        self.prepared.remove(&idx);
     }
 
     pub fn kill_all(&self) {
@@ -320,6 +336,7 @@ impl Session {
         let failing = self.sched.failing();
         if failing {
             self.services.held.clear();
+            self.services.prepared.clear();
         }
         let running: BTreeSet<usize> = self.running.values().map(|r| r.step).collect();
         let idle: Vec<String> = self
@@ -442,7 +459,7 @@ impl Session {
             .filter(|&i| self.flow.steps[i].services.iter().any(|n| n == name))
             .collect();
         for idx in held {
-            self.services.held.remove(&idx);
+            self.services.release(idx);
             let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
             self.record_unstartable(idx, visit, attempt, FailReason::Service, why.to_string())?;
         }
@@ -510,6 +527,7 @@ impl Session {
             self.stop_service(&name, ServiceEnd::Stopped, why.to_string());
         }
         self.services.held.clear();
+        self.services.prepared.clear();
         while !self.services.live.is_empty() {
             let wake =
                 self.next_service_wake().unwrap_or_else(|| Instant::now() + Duration::from_millis(100));

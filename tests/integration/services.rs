@@ -426,3 +426,32 @@ run = "python3 get.py http://127.0.0.1:{port}/"
         }
     }
 }
+
+#[test]
+fn a_step_taken_from_the_cache_starts_no_service() {
+    let (env, port) = setup();
+    let flow = env.flow(
+        "f",
+        &format!(
+            r#"
+[services.api]
+run = "python3 srv.py"
+env = {{ PORT = "{port}" }}
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "50ms"
+
+[[steps]]
+id = "fetch"
+services = ["api"]
+cache = true
+outputs = ["fetched.txt"]
+run = "python3 get.py http://127.0.0.1:{port}/ > fetched.txt"
+"#
+        ),
+    );
+    env.run(&["run", &flow, "--run-id", "one"]).code(0);
+    env.run(&["run", &flow, "--run-id", "two"]).code(0).stderr_has("fetch: cached");
+    assert_eq!(of_type(&env.journal("one"), "ServiceStarted").len(), 1);
+    assert_eq!(of_type(&env.journal("two"), "ServiceStarted").len(), 0);
+    assert_eq!(pids(&env).len(), 1);
+}
