@@ -395,14 +395,14 @@ impl Session {
         let message = format!("service `{name}` {how}{when}");
         self.record(Event::ServiceExited(event(ServiceEnd::Died, format!("{how}{when}"), degraded)))?;
         let log = self.dir.join(SERVICES_DIR).join(format!("{name}.log"));
-        let consequence = if s.def.continue_degraded {
-            "the steps using it go on (degraded = \"continue\")".to_string()
+        let consequence = if s.def.continue_degraded && !users.is_empty() {
+            "; the steps using it go on (degraded = \"continue\")".to_string()
         } else if users.is_empty() {
             String::new()
         } else {
-            format!("stopping {} step(s) that use it", users.len())
+            format!("; stopping {} step(s) that use it", users.len())
         };
-        self.report.warn(&format!("{message}; {consequence} (log: {})", log.display()));
+        self.report.warn(&format!("{message}{consequence} (log: {})", log.display()));
         if !s.def.continue_degraded {
             let now = Instant::now();
             for pid in users {

@@ -1088,6 +1088,61 @@ mod tests {
         assert!(RunState::fold_all(&recs).is_err());
     }
 
+    fn svc_started(instance: u32) -> Event {
+        Event::ServiceStarted(ServiceStarted {
+            service: "api".into(),
+            instance,
+            pid: 40 + instance as i32,
+            proc_start: 7,
+            restart: instance - 1,
+            for_step: "a".into(),
+        })
+    }
+
+    fn svc_exited(instance: u32, reason: ServiceEnd, degraded: bool) -> Event {
+        Event::ServiceExited(ServiceExited {
+            service: "api".into(),
+            instance,
+            reason,
+            exit_code: Some(1),
+            signal: None,
+            message: "exited with code 1".into(),
+            degraded,
+        })
+    }
+
+    #[test]
+    fn services_fold_into_one_record_per_start() {
+        let healthy = Event::ServiceHealthy(ServiceHealthy {
+            service: "api".into(),
+            instance: 1,
+            checks: 3,
+            after_ms: 120,
+        });
+        let s = RunState::fold_all(&records(vec![
+            started(&["a"]),
+            svc_started(1),
+            healthy.clone(),
+            svc_exited(1, ServiceEnd::Died, true),
+            svc_started(2),
+        ]))
+        .expect("fold");
+        assert_eq!(s.services.len(), 2);
+        assert_eq!((s.services[0].checks, s.services[0].reason), (Some(3), Some(ServiceEnd::Died)));
+        assert_eq!(s.live_service("api").map(|r| r.instance), Some(2));
+        assert_eq!(s.degraded(), ["api"]);
+        assert_counts_match(&s);
+        // A second start while one runs, a skipped instance, news of a stopped one: contradictions.
+        for bad in [
+            vec![started(&["a"]), svc_started(1), svc_started(2)],
+            vec![started(&["a"]), svc_started(2)],
+            vec![started(&["a"]), svc_started(1), svc_exited(1, ServiceEnd::Stopped, false), healthy.clone()],
+            vec![started(&["a"]), svc_started(1), healthy.clone(), healthy.clone()],
+        ] {
+            assert!(RunState::fold_all(&records(bad)).is_err());
+        }
+    }
+
     #[test]
     fn spawn_failures_create_their_attempt() {
         let mut spawn = failed("a", 1, None);
