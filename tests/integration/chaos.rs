@@ -10,9 +10,25 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// ~50 steps: three parallel branches of sequences, joins, retries, and a step that fails
-/// twice before it passes. Every command logs "<step> <attempt>" before doing anything.
-fn chaos_flow() -> String {
+/// twice before it passes; branch c uses a service listening on `port`. Every command logs
+/// "<step> <attempt>" before doing anything, and the service logs its pid.
+fn chaos_flow(port: u16) -> String {
     let mut toml = String::from("description = \"chaos soak\"\n");
+    toml.push_str(&format!(
+        r#"
+[services.svc]
+run = ["python3", "-c", '''
+import os, socket, time
+with open("svc.pids", "a") as f: f.write(f"{{os.getpid()}}\n")
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port})); s.listen(); time.sleep(3600)
+''']
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "20ms"
+grace = "1s"
+
+"#
+    ));
     let log = "echo \"$RUNNER_STEP_ID $RUNNER_ATTEMPT\" >> side-effects.log";
     let mut step = |id: &str, needs: Option<&[&str]>, extra: &str, body: &str| {
         toml.push_str(&format!("[[steps]]\nid = '{id}'\n"));
@@ -29,7 +45,8 @@ fn chaos_flow() -> String {
             let id = format!("{branch}{i}");
             let prev = if i == 0 { "start".to_string() } else { format!("{branch}{}", i - 1) };
             let body = format!("sleep 0.0{}", (i % 4) + 1);
-            step(&id, Some(&[prev.as_str()]), "", &body);
+            let extra = if branch == "c" { "services = ['svc']\n" } else { "" };
+            step(&id, Some(&[prev.as_str()]), extra, &body);
         }
     }
     step(
@@ -61,6 +78,7 @@ impl Dice {
 #[derive(Default)]
 struct Figures {
     runs: usize,
+    service_starts: usize,
     kills: usize,
     starts: usize,
     interrupted: usize,
@@ -80,10 +98,11 @@ fn sigkill_soak_loses_nothing_and_repeats_nothing() {
     let mut dice = Dice(seed);
     let mut figures = Figures::default();
     let started = Instant::now();
-    let flow_text = chaos_flow();
     while figures.kills < cycles {
         let env = Env::new();
-        let flow = env.flow("chaos", &flow_text);
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let flow = env.flow("chaos", &chaos_flow(port));
         figures.runs += 1;
         // Kill this run a few times, then let it finish.
         let kills_this_run = 1 + dice.below(5);
@@ -106,13 +125,15 @@ fn sigkill_soak_loses_nothing_and_repeats_nothing() {
         check_run(&env, &mut figures);
     }
     eprintln!(
-        "chaos: {} runs, {} kills, {} attempts started, {} interrupted, {} command executions, {:.1}s — all runs \
-         complete, verify clean, one success per step, nothing ran twice after its success, live projection == rebuilt",
+        "chaos: {} runs, {} kills, {} attempts started, {} interrupted, {} command executions, {} service starts, \
+         {:.1}s — all runs complete, verify clean, one success per step, nothing ran twice after its success, every \
+         service start journaled and ended, none left running, live projection == rebuilt",
         figures.runs,
         figures.kills,
         figures.starts,
         figures.interrupted,
         figures.executions,
+        figures.service_starts,
         started.elapsed().as_secs_f64()
     );
 }
@@ -177,5 +198,39 @@ fn check_run(env: &Env, figures: &mut Figures) {
         let (_, won) = success[step];
         assert!(attempt <= won, "step {step} ran attempt {attempt} after attempt {won} succeeded");
     }
+    // Every service process ran after its start was journaled, every start has one end,
+    // and nothing is left running.
+    let starts: Vec<(String, i64)> = journal
+        .iter()
+        .filter(|e| e["type"] == "ServiceStarted")
+        .map(|e| {
+            (
+                e["data"]["service"].as_str().unwrap_or_default().to_string(),
+                e["data"]["instance"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let ends: Vec<(String, i64)> = journal
+        .iter()
+        .filter(|e| e["type"] == "ServiceExited")
+        .map(|e| {
+            (
+                e["data"]["service"].as_str().unwrap_or_default().to_string(),
+                e["data"]["instance"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(starts, ends, "every service start has exactly one end, in order");
+    let pids: Vec<i64> = journal
+        .iter()
+        .filter(|e| e["type"] == "ServiceStarted")
+        .filter_map(|e| e["data"]["pid"].as_i64())
+        .collect();
+    for line in env.read("svc.pids").lines() {
+        let pid: i64 = line.trim().parse().expect("pid");
+        assert!(pids.contains(&pid), "service pid {pid} ran without a ServiceStarted");
+        assert!(!alive(pid as i32), "service pid {pid} outlived its run");
+    }
+    figures.service_starts += starts.len();
     env.assert_rebuild_matches_live();
 }
