@@ -169,6 +169,11 @@ impl Redactor {
         runs
     }
 
+    /// Whether some value holds a newline (and can only be found across lines).
+    pub fn spans_lines(&self) -> bool {
+        self.values.iter().any(|v| v.contains(&b'\n'))
+    }
+
     /// `bytes` with every value masked.
     pub fn redact(&self, bytes: &[u8]) -> Vec<u8> {
         mask_until(bytes, &self.covered(bytes), bytes.len()).0

@@ -48,9 +48,14 @@ impl LineSink {
 }
 
 /// Copies a pipe into `sink` line by line until every writer has closed it.
+///
+/// Secrets are masked per complete line, so a line is written as soon as it ends, however
+/// long the values are. Only when a value itself holds a newline is the output masked as
+/// a stream (holding back what could begin a value) before it is cut into lines.
 pub fn relay(mut from: PipeReader, sink: Arc<LineSink>) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("service-lines".into()).spawn(move || {
-        let mut stream = sink.redact.as_ref().map(|r| r.stream());
+        let by_line = sink.redact.as_ref().filter(|r| !r.spans_lines());
+        let mut stream = sink.redact.as_ref().filter(|r| r.spans_lines()).map(|r| r.stream());
         let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -72,7 +77,10 @@ pub fn relay(mut from: PipeReader, sink: Arc<LineSink>) -> io::Result<JoinHandle
                 }
                 None => continue,
             };
-            sink.write(&pending[..end]);
+            match by_line {
+                Some(r) => sink.write(&r.redact(&pending[..end])),
+                None => sink.write(&pending[..end]),
+            }
             pending.drain(..end);
         }
         if let Some(s) = stream {
@@ -82,7 +90,10 @@ pub fn relay(mut from: PipeReader, sink: Arc<LineSink>) -> io::Result<JoinHandle
             if pending.last() != Some(&b'\n') {
                 pending.push(b'\n');
             }
-            sink.write(&pending);
+            match by_line {
+                Some(r) => sink.write(&r.redact(&pending)),
+                None => sink.write(&pending),
+            }
         }
     })
 }
@@ -116,5 +127,26 @@ mod tests {
     #[test]
     fn a_secret_split_across_writes_is_masked() {
         assert_eq!(run(&[b"token=s3cr", b"et!\n"], &["s3cret"]), "token=***!\n");
+        // A value with a newline in it is found across lines too.
+        assert_eq!(run(&[b"key=ab", b"\ncd\nok\n"], &["ab\ncd"]), "key=***\nok\n");
+    }
+
+    #[test]
+    fn a_line_is_written_when_it_ends_however_long_the_secrets() {
+        let long = "Z".repeat(300);
+        let dir = tempfile::tempdir().expect("ok");
+        let path = dir.path().join("log");
+        let redact = Redactor::new([long.as_str()].into_iter()).map(Arc::new);
+        let sink = Arc::new(LineSink::new("api", File::create(&path).expect("ok"), false, redact));
+        let (r, mut w) = io::pipe().expect("ok");
+        let h = relay(r, sink).expect("ok");
+        w.write_all(format!("one {long}\ntwo\n").as_bytes()).expect("ok");
+        let start = std::time::Instant::now();
+        while std::fs::read_to_string(&path).expect("ok") != "one ***\ntwo\n" {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "lines held back");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(w);
+        h.join().expect("ok");
     }
 }

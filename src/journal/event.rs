@@ -534,7 +534,8 @@ pub struct ServiceStarted {
     pub instance: u32,
     pub pid: i32,
     pub proc_start: u64,
-    /// How many times it was restarted after failing, in a row, before this start.
+    /// 0 for a start a step asked for; n for the n-th restart after a failure (counted
+    /// per runner session).
     pub restart: u32,
     /// The step whose start needed it.
     pub for_step: String,

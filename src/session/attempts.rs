@@ -96,7 +96,9 @@ impl Session {
             let released = std::mem::take(&mut self.released);
             let settle = std::mem::take(&mut self.settle);
             for idx in self.sched.candidates().chain(released) {
-                let full = self.running.len() + starts.len() >= self.jobs;
+                // A step held for its services takes no slot: others may start meanwhile.
+                let held = starts.iter().filter(|i| self.services.is_held(**i)).count();
+                let full = self.running.len() + starts.len() - held >= self.jobs;
                 match decide(&self.flow, &self.state, idx, failing, settle) {
                     Action::Skip(reason) => skips.push((idx, reason)),
                     Action::Start if !full && self.retry_at.get(&idx).is_none_or(|at| *at <= now) => {

@@ -35,14 +35,20 @@ fn lay_out(
     reason: CallReason,
     caller: &str,
     frame: u32,
+    params: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
     let prefix = frame_prefix(caller, reason);
     let first = format!("{prefix}{}", callee.steps[0].id);
     let at = plan.steps.iter().position(|s| s.id == first).unwrap_or(plan.steps.len());
     let steps = flow::instantiate(callee, &prefix, frame, at);
-    // The callee's services join under the same prefix, with its flow-level secrets.
+    // The callee's services join under the same prefix, with what its steps see: its
+    // `env`, its parameters (as `with` set them) and its flow-level secrets.
     for (name, service) in &callee.services {
         let mut service = (**service).clone();
+        let mut env = callee.env.clone();
+        env.extend(params.iter().map(|(k, v)| (flow::param_env_name(k), v.clone())));
+        env.extend(std::mem::take(&mut service.env));
+        service.env = env;
         for secret in &callee.secrets {
             if !service.secrets.contains(secret) {
                 service.secrets.push(secret.clone());
@@ -85,7 +91,7 @@ impl Session {
         let frame = self.state.frames.len() as u32 + 1;
         let caller = step.id.clone();
         let prepared = self.prepare_call(idx, &call, frame).and_then(|(callee, source, copy, params)| {
-            lay_out(&mut self.flow, &callee, reason, &caller, frame)?;
+            lay_out(&mut self.flow, &callee, reason, &caller, frame, &params)?;
             Ok((callee, source, copy, params))
         });
         match prepared {
@@ -206,7 +212,7 @@ pub fn plan_with_frames(mut flow: Flow, state: &RunState, dir: &Path) -> Result<
             return Err(format!("{} is not the flow frame {} called", path.display(), f.call.frame));
         }
         let callee = Flow::from_bytes(&path, &bytes).map_err(|e| e.to_string())?;
-        lay_out(&mut flow, &callee, f.call.reason, &f.call.step, f.call.frame)?;
+        lay_out(&mut flow, &callee, f.call.reason, &f.call.step, f.call.frame, &f.call.params)?;
     }
     let same = flow.steps.len() == state.steps.len()
         && flow.steps.iter().zip(&state.steps).all(|(a, b)| a.id == b.id);

@@ -417,10 +417,11 @@ impl Session {
             }
             gate.open();
         }
-        self.open_service_gates();
         for r in &records {
             self.report.event(r, &self.state);
         }
+        // After the report, so that a service's first lines follow its "started" line.
+        self.open_service_gates();
         self.project(&records);
         faults::reached("after-projection");
         self.since_snapshot += records.len() as u64;

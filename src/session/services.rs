@@ -21,6 +21,7 @@ use crate::flow::{Service, param_env_name};
 use crate::health::{self, ProbeSpec, Prober};
 use crate::journal::{Event, FailReason, ServiceEnd, ServiceExited, ServiceHealthy, ServiceStarted};
 use crate::report::human;
+use crate::scheduler::Action;
 use crate::state::StepStatus;
 
 /// Where service logs live in a run directory: `services/<name>.log`.
@@ -60,8 +61,9 @@ pub(super) struct Services {
     gates: Vec<(String, Gated)>,
     /// Restarts after a failure used so far, per service.
     restarts: HashMap<String, u32>,
-    /// Services that died and may not start again in this session, with what happened.
-    dead: HashMap<String, String>,
+    /// Services that died and may not start again in this session: what happened, and
+    /// whether steps go on without them (`degraded = "continue"`, and it had been healthy).
+    dead: HashMap<String, (String, bool)>,
     /// Ready steps that wait for their services to be healthy (no event yet).
     held: BTreeSet<usize>,
     /// What each held step will start with, worked out when it became ready.
@@ -79,6 +81,10 @@ impl Services {
     /// The service with process group `pid`, if any.
     fn by_pid(&self, pid: i32) -> Option<String> {
         self.live.iter().find(|(_, s)| s.pid == pid).map(|(n, _)| n.clone())
+    }
+
+    pub fn is_held(&self, idx: usize) -> bool {
+        self.held.contains(&idx)
     }
 
     pub fn take_prepared(&mut self, idx: usize) -> Option<Box<Prepared>> {
@@ -116,16 +122,17 @@ impl Session {
                 ready &= s.healthy && s.stopping.is_none();
                 continue;
             }
-            if let Some(why) = self.services.dead.get(name) {
-                if self.flow.services[name].continue_degraded {
+            if let Some((why, go_on)) = self.services.dead.get(name) {
+                if *go_on {
                     continue;
                 }
-                self.services.held.remove(&idx);
-                return Ok(Readiness::Fail(why.clone()));
+                let why = why.clone();
+                self.services.release(idx);
+                return Ok(Readiness::Fail(why));
             }
             let for_step = self.flow.steps[idx].id.clone();
-            if let Err(message) = self.start_service(name, &for_step, 0) {
-                self.services.held.remove(&idx);
+            if let Err(message) = self.start_service(name, &for_step, 0)? {
+                self.services.release(idx);
                 return Ok(Readiness::Fail(message));
             }
             ready = false;
@@ -140,8 +147,32 @@ impl Session {
     }
 
     /// Starts an instance of `name` at its gate and journals it; the gate opens after
-    /// the commit. `Err` says why it could not be started.
-    fn start_service(&mut self, name: &str, for_step: &str, restart: u32) -> Result<(), String> {
+    /// the commit. The inner `Err` says why it could not be started.
+    fn start_service(
+        &mut self,
+        name: &str,
+        for_step: &str,
+        restart: u32,
+    ) -> Result<Result<(), String>, SessionError> {
+        let event = match self.spawn_service(name, for_step, restart) {
+            Ok(event) => event,
+            Err(why) => return Ok(Err(why)),
+        };
+        let instance = event.instance;
+        self.record(Event::ServiceStarted(event))?;
+        // Without a check, a service is ready once it runs.
+        if self.flow.services[name].health.is_none() {
+            if let Some(s) = self.services.live.get_mut(name) {
+                s.healthy = true;
+            }
+            let event = ServiceHealthy { service: name.to_string(), instance, checks: 0, after_ms: 0 };
+            self.record(Event::ServiceHealthy(event))?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Creates the process of an instance of `name`, waiting at its gate.
+    fn spawn_service(&mut self, name: &str, for_step: &str, restart: u32) -> Result<ServiceStarted, String> {
         let def = Arc::clone(&self.flow.services[name]);
         let instance = self.state.services.iter().filter(|s| s.service == name).count() as u32 + 1;
         let log_path = self.dir.join(SERVICES_DIR).join(format!("{name}.log"));
@@ -192,32 +223,27 @@ impl Session {
             },
         );
         self.services.gates.push((name.to_string(), gated));
-        self.record(Event::ServiceStarted(event)).map_err(|e| e.to_string())?;
-        // Without a check, a service is ready once it runs.
-        if def.health.is_none() {
-            if let Some(s) = self.services.live.get_mut(name) {
-                s.healthy = true;
-            }
-            let event = ServiceHealthy { service: name.to_string(), instance, checks: 0, after_ms: 0 };
-            self.record(Event::ServiceHealthy(event)).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        Ok(event)
     }
 
     /// A service's environment: the flow's, the run's parameters, its own, its secrets,
     /// and `RUNNER_*` (with `RUNNER_RUN_DIR`, so a resume finds it after a crash).
     fn service_env(&mut self, name: &str, instance: u32) -> Result<(Env, Vec<String>), String> {
         let def = Arc::clone(&self.flow.services[name]);
-        let mut env: Vec<(String, String)> =
-            self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
+        // A called flow's service (`caller/api`) carries its flow's env and parameters.
+        let scoped = name.contains('/');
+        let mut env: Vec<(String, String)> = Vec::new();
+        if !scoped {
+            env.extend(self.flow.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            env.extend(self.state.params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
+        }
         env.extend(def.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push(("RUNNER_RUN_ID".into(), self.state.run_id.clone()));
         env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
         env.push(("RUNNER_SERVICE".into(), name.to_string()));
         env.push(("RUNNER_SERVICE_INSTANCE".into(), instance.to_string()));
-        // A called flow's service (`caller/api`) already carries its flow's secrets.
-        let mut names: Vec<String> = if name.contains('/') {
+        // … and its flow's secrets.
+        let mut names: Vec<String> = if scoped {
             def.secrets.clone()
         } else {
             self.flow.secrets.iter().chain(&def.secrets).cloned().collect()
@@ -309,21 +335,25 @@ impl Session {
         executor::signal_group(s.pid, Signal::SIGTERM);
     }
 
-    /// Whether a step still to run (or running) needs service `name`.
+    /// Whether a step still to run (or running) needs service `name`. While the run is
+    /// failing, only steps that may still start count (retries under way, clean-up steps);
+    /// while it stops, only the steps still running.
     fn service_needed(&self, name: &str, running: &BTreeSet<usize>) -> bool {
-        if self.stop.is_some() {
-            return false;
-        }
         let failing = self.sched.failing();
         self.flow.steps.iter().enumerate().any(|(i, step)| {
-            step.services.iter().any(|n| n == name)
-                && (running.contains(&i)
-                    || self.services.held.contains(&i)
-                    || (!failing
-                        && matches!(
-                            self.state.steps[i].status,
-                            StepStatus::Pending | StepStatus::Retrying | StepStatus::Interrupted
-                        )))
+            if !step.services.iter().any(|n| n == name) {
+                return false;
+            }
+            if running.contains(&i) {
+                return true;
+            }
+            if self.stop.is_some() {
+                return false;
+            }
+            let status = self.state.steps[i].status;
+            self.services.held.contains(&i)
+                || (matches!(status, StepStatus::Pending | StepStatus::Retrying | StepStatus::Interrupted)
+                    && (!failing || status == StepStatus::Retrying || step.handles_failure))
         })
     }
 
@@ -332,11 +362,19 @@ impl Session {
         if self.services.live.is_empty() {
             return;
         }
-        // Held steps that are no longer ready (the run began failing) do not hold services.
+        // Held steps that will not start now (the run began failing) do not hold services.
         let failing = self.sched.failing();
-        if failing {
-            self.services.held.clear();
-            self.services.prepared.clear();
+        let gone: Vec<usize> = self
+            .services
+            .held
+            .iter()
+            .copied()
+            .filter(|&i| {
+                crate::scheduler::decide(&self.flow, &self.state, i, failing, false) != Action::Start
+            })
+            .collect();
+        for i in gone {
+            self.services.release(i);
         }
         let running: BTreeSet<usize> = self.running.values().map(|r| r.step).collect();
         let idle: Vec<String> = self
@@ -346,8 +384,12 @@ impl Session {
             .filter(|(n, s)| s.stopping.is_none() && !self.service_needed(n, &running))
             .map(|(n, _)| n.clone())
             .collect();
+        let why = match self.stop {
+            Some(sig) => format!("the run was stopped by {}", executor::signal_name(sig)),
+            None => "no step needs it any more".to_string(),
+        };
         for name in idle {
-            self.stop_service(&name, ServiceEnd::Stopped, "no step needs it any more".into());
+            self.stop_service(&name, ServiceEnd::Stopped, why.clone());
         }
     }
 
@@ -390,20 +432,23 @@ impl Session {
             .filter(|(_, r)| self.flow.steps[r.step].services.contains(&name))
             .map(|(p, _)| *p)
             .collect();
-        let degraded = s.def.continue_degraded && !users.is_empty();
+        // Degraded: steps go on without a service they had. One that never became healthy
+        // was never there to go on without: its waiting steps fail, whatever `degraded` says.
+        let go_on = s.def.continue_degraded && s.healthy;
+        let degraded = go_on;
         let when = if s.healthy { "" } else { " before it was healthy" };
         let message = format!("service `{name}` {how}{when}");
         self.record(Event::ServiceExited(event(ServiceEnd::Died, format!("{how}{when}"), degraded)))?;
         let log = self.dir.join(SERVICES_DIR).join(format!("{name}.log"));
-        let consequence = if s.def.continue_degraded && !users.is_empty() {
-            "; the steps using it go on (degraded = \"continue\")".to_string()
+        let consequence = if go_on {
+            "; the steps using it go on without it (degraded = \"continue\")".to_string()
         } else if users.is_empty() {
             String::new()
         } else {
             format!("; stopping {} step(s) that use it", users.len())
         };
         self.report.warn(&format!("{message}{consequence} (log: {})", log.display()));
-        if !s.def.continue_degraded {
+        if !go_on {
             let now = Instant::now();
             for pid in users {
                 if let Some(r) = self.running.get_mut(&pid)
@@ -428,10 +473,10 @@ impl Session {
                 used + 1,
                 s.def.max_restarts
             ));
-            match self.start_service(&name, &s.for_step, used + 1) {
+            match self.start_service(&name, &s.for_step, used + 1)? {
                 Ok(()) => return Ok(true),
                 Err(why) => {
-                    self.services.dead.insert(name.clone(), why);
+                    self.services.dead.insert(name.clone(), (why, false));
                 }
             }
         } else {
@@ -440,10 +485,10 @@ impl Session {
             } else {
                 String::new()
             };
-            self.services.dead.insert(name.clone(), format!("{message}{limit}"));
+            self.services.dead.insert(name.clone(), (format!("{message}{limit}"), go_on));
         }
-        if !s.def.continue_degraded {
-            let why = self.services.dead.get(&name).cloned().unwrap_or(message);
+        if !go_on {
+            let why = self.services.dead.get(&name).map_or(message, |(w, _)| w.clone());
             self.fail_held(&name, &why)?;
         }
         Ok(true)

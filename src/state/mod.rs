@@ -492,9 +492,12 @@ impl RunState {
 
     /// Services that died under `degraded = "continue"`, without repeats.
     pub fn degraded(&self) -> Vec<&str> {
-        let mut out: Vec<&str> =
-            self.services.iter().filter(|s| s.degraded).map(|s| s.service.as_str()).collect();
-        out.dedup();
+        let mut out: Vec<&str> = Vec::new();
+        for s in self.services.iter().filter(|s| s.degraded) {
+            if !out.contains(&s.service.as_str()) {
+                out.push(&s.service);
+            }
+        }
         out
     }
 

@@ -455,3 +455,162 @@ run = "python3 get.py http://127.0.0.1:{port}/ > fetched.txt"
     assert_eq!(of_type(&env.journal("two"), "ServiceStarted").len(), 0);
     assert_eq!(pids(&env).len(), 1);
 }
+
+#[test]
+fn a_failing_run_keeps_the_service_for_its_clean_up_step_and_starts_it_once() {
+    let (env, port) = setup();
+    let flow = env.flow(
+        "f",
+        &format!(
+            r#"
+[services.api]
+run = "python3 srv.py"
+env = {{ PORT = "{port}" }}
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "50ms"
+
+[[steps]]
+id = "boom"
+run = "exit 1"
+
+[[steps]]
+id = "report"
+if = "always()"
+services = ["api"]
+run = "python3 get.py http://127.0.0.1:{port}/ > reported"
+"#
+        ),
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "f"]);
+    finish(child, Duration::from_secs(30)).code(1);
+    assert_eq!(env.read("reported"), "200\n");
+    assert_eq!(of_type(&env.journal("f"), "ServiceStarted").len(), 1);
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn a_service_that_dies_before_it_is_healthy_fails_its_step_even_with_degraded_continue() {
+    let (env, port) = setup();
+    let flow = env.flow(
+        "f",
+        &format!(
+            r#"
+[services.api]
+run = ["sh", "-c", "exit 4"]
+health = {{ tcp = "127.0.0.1:{port}" }}
+degraded = "continue"
+
+[[steps]]
+id = "a"
+services = ["api"]
+run = "touch ran"
+"#
+        ),
+    );
+    env.run(&["run", &flow, "--run-id", "e"])
+        .code(1)
+        .stderr_has("service `api` exited with code 4 before it was healthy");
+    assert!(!env.path().join("ran").exists());
+    let journal = env.journal("e");
+    assert_eq!(of_type(&journal, "StepFailed")[0]["data"]["reason"], "service");
+    assert_eq!(of_type(&journal, "ServiceExited")[0]["data"].get("degraded"), None, "not degraded");
+}
+
+#[test]
+fn a_called_flows_service_gets_its_flows_env_and_parameters() {
+    let (env, port) = setup();
+    env.write(
+        "flows/backend.toml",
+        &format!(
+            r#"
+[params]
+mode = {{ default = "default" }}
+
+[env]
+PORT = "{port}"
+
+[services.api]
+run = ["sh", "-c", "echo \"mode=$RUNNER_PARAM_MODE port=$PORT\"; exec python3 srv.py"]
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "50ms"
+
+[[steps]]
+id = "use"
+services = ["api"]
+run = "python3 get.py http://127.0.0.1:$PORT/"
+"#
+        ),
+    );
+    let flow = env.flow(
+        "main",
+        "[env]\nPORT = \"1\"\n\n[[steps]]\nid = \"be\"\ncall = \"backend\"\nwith = { mode = \"given\" }\n",
+    );
+    env.run(&["run", &flow, "--run-id", "c"]).code(0).stderr_has("[be/api] mode=given port=");
+    let log = std::fs::read_to_string(env.run_dir("c").join("services/be/api.log")).expect("log");
+    assert!(log.contains(&format!("mode=given port={port}")), "{log}");
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn on_ctrl_c_services_outlive_the_steps_grace_that_still_use_them() {
+    let (env, port) = setup();
+    let flow = env.flow(
+        "f",
+        &format!(
+            r#"
+[services.api]
+run = "python3 srv.py"
+env = {{ PORT = "{port}" }}
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "50ms"
+
+[[steps]]
+id = "work"
+services = ["api"]
+run = '''
+trap 'sleep 0.3; python3 get.py http://127.0.0.1:{port}/ > final; exit 0' TERM
+touch started
+sleep 30 & wait
+'''
+"#
+        ),
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "g"]);
+    wait_for("the step to start", Duration::from_secs(20), || env.path().join("started").exists());
+    signal(child.id(), Signal::SIGINT);
+    finish(child, Duration::from_secs(30)).code(130);
+    assert_eq!(env.read("final"), "200\n", "the service was gone before the step's last call");
+    assert!(pids(&env).iter().all(|p| !alive(*p)));
+    let journal = env.journal("g");
+    assert_eq!(of_type(&journal, "ServiceExited")[0]["data"]["message"], "the run was stopped by SIGINT");
+}
+
+#[test]
+fn a_step_held_for_its_service_takes_no_job_slot() {
+    let (env, port) = setup();
+    let flow = env.flow(
+        "f",
+        &format!(
+            r#"
+[services.api]
+run = "python3 srv.py"
+env = {{ PORT = "{port}", SLOW = "1.5" }}
+health = {{ tcp = "127.0.0.1:{port}" }}
+interval = "50ms"
+
+[[steps]]
+id = "a"
+services = ["api"]
+run = "true"
+
+[[steps]]
+id = "b"
+needs = []
+run = "true"
+"#
+        ),
+    );
+    env.run(&["run", &flow, "--run-id", "j", "--jobs", "1"]).code(0);
+    let events = env.events("j");
+    assert!(position(&events, "StepSucceeded:b") < position(&events, "ServiceHealthy"), "{events:?}");
+}
