@@ -181,6 +181,9 @@ pub struct LogsArgs {
     /// Only this stream, printed as is without headers
     #[arg(long, value_parser = ["stdout", "stderr"])]
     pub stream: Option<String>,
+    /// Only this service's log (its stdout and stderr, line by line), printed as is
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["step", "stream"])]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1144,6 +1144,32 @@ enum Action {
     Interrupt,
     Crash,
     Finish,
+    ServiceStart,
+    ServiceHealthy,
+    ServiceDied,
+}
+
+/// The story's one service: how many starts, and whether one runs (and is healthy).
+#[derive(Default)]
+struct Svc {
+    instances: u32,
+    live: Option<bool>,
+}
+
+impl Svc {
+    fn exit(&mut self, events: &mut Vec<Event>, reason: runner::journal::ServiceEnd, c: usize) {
+        if self.live.take().is_some() {
+            events.push(Event::ServiceExited(runner::journal::ServiceExited {
+                service: "api".into(),
+                instance: self.instances,
+                reason,
+                exit_code: c.is_multiple_of(2).then_some((c % 3) as i32),
+                signal: (!c.is_multiple_of(2)).then(|| "SIGTERM".to_string()),
+                message: format!("ended «{reason:?}»"),
+                degraded: reason == runner::journal::ServiceEnd::Died && c.is_multiple_of(3),
+            }));
+        }
+    }
 }
 
 /// A valid story of a run with `k` steps, driven by `choices` (shrinking them shortens
@@ -1156,6 +1182,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
     let mut attempts = vec![0u32; k];
     let mut run = RunStatus::Running;
     let mut sessions = 1u32;
+    let mut svc = Svc::default();
     let resume = |events: &mut Vec<Event>, steps: &mut [Model], sessions: &mut u32, repaired: bool| {
         *sessions += 1;
         events.push(Event::RunResumed(RunResumed { session: session(*sessions) }));
@@ -1194,6 +1221,11 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
             }
         }
         actions.extend([Action::Interrupt, Action::Crash]);
+        match svc.live {
+            None => actions.push(Action::ServiceStart),
+            Some(false) => actions.extend([Action::ServiceHealthy, Action::ServiceDied]),
+            Some(true) => actions.push(Action::ServiceDied),
+        }
         if !steps.contains(&Model::Running) {
             actions.push(Action::Finish);
         }
@@ -1218,7 +1250,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                     step: ids[i].clone(),
                     visit: 1,
                     attempt: attempts[i],
-                    reason: FailReason::Spawn,
+                    reason: if c.is_multiple_of(3) { FailReason::Service } else { FailReason::Spawn },
                     exit_code: None,
                     signal: None,
                     message: "cannot start /bin/sh: Resource temporarily unavailable".into(),
@@ -1304,6 +1336,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                         *s = Model::Interrupted;
                     }
                 }
+                svc.exit(&mut events, runner::journal::ServiceEnd::Stopped, c);
                 let signal = if flag { "SIGTERM" } else { "SIGINT" };
                 events.push(Event::RunInterrupted(RunInterrupted { signal: signal.into() }));
                 run = RunStatus::Interrupted;
@@ -1311,6 +1344,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
             Action::Crash => {
                 // The runner died; the next one takes over and records what it found.
                 resume(&mut events, &mut steps, &mut sessions, flag);
+                svc.exit(&mut events, runner::journal::ServiceEnd::Lost, c);
                 for (i, s) in steps.iter_mut().enumerate() {
                     if *s == Model::Running {
                         events.push(Event::StepInterrupted(StepInterrupted {
@@ -1326,7 +1360,37 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                 }
             }
             Action::Finish => {
+                svc.exit(&mut events, runner::journal::ServiceEnd::Stopped, c);
                 run = finish(&mut events, &steps, &ids);
+            }
+            Action::ServiceStart => {
+                svc.instances += 1;
+                svc.live = Some(false);
+                events.push(Event::ServiceStarted(runner::journal::ServiceStarted {
+                    service: "api".into(),
+                    instance: svc.instances,
+                    pid: 20_000 + events.len() as i32,
+                    proc_start: 7_000 + events.len() as u64,
+                    restart: u32::from(flag),
+                    for_step: ids[c % k].clone(),
+                }));
+            }
+            Action::ServiceHealthy => {
+                svc.live = Some(true);
+                events.push(Event::ServiceHealthy(runner::journal::ServiceHealthy {
+                    service: "api".into(),
+                    instance: svc.instances,
+                    checks: (c % 9) as u32,
+                    after_ms: duration_ms,
+                }));
+            }
+            Action::ServiceDied => {
+                let reason = if flag {
+                    runner::journal::ServiceEnd::Died
+                } else {
+                    runner::journal::ServiceEnd::StartTimeout
+                };
+                svc.exit(&mut events, reason, c);
             }
         }
     }
@@ -1350,6 +1414,7 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                 *s = Model::Succeeded;
             }
         }
+        svc.exit(&mut events, runner::journal::ServiceEnd::Stopped, 0);
         run = finish(&mut events, &steps, &ids);
     }
     Story { events, steps, attempts, run, sessions }

@@ -1,16 +1,39 @@
-//! `runner logs`: print what steps wrote, from the per-attempt log files.
+//! `runner logs`: print what steps and services wrote, from their log files.
 
 use std::io::{Read, Write};
 
 use crate::cli::{Global, LogsArgs};
 use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
+use crate::session::SERVICES_DIR;
 use crate::state::{Attempt, StepState};
 use crate::store::{attempt_dir, load_run, visit_label};
 
 pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
     let dir = g.runs().existing(&args.run_id)?;
     let state = load_run(&dir, true, u64::MAX)?.state;
+    // Services in the order they first started.
+    let mut services: Vec<&str> = Vec::new();
+    for s in &state.services {
+        if !services.contains(&s.service.as_str()) {
+            services.push(&s.service);
+        }
+    }
+    let service_log = |name: &str| dir.join(SERVICES_DIR).join(format!("{name}.log"));
+    if let Some(name) = &args.service {
+        if !services.contains(&name.as_str()) {
+            let started = if services.is_empty() { "none".to_string() } else { services.join(", ") };
+            return Err(Error::Usage(format!(
+                "run `{}` has not started a service `{name}`; the services it started: {started}",
+                args.run_id
+            )));
+        }
+        let path = service_log(name);
+        let content = std::fs::read(&path).map_err(io_at(&path))?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&content).and_then(|()| out.flush()).map_err(io_at("stdout"))?;
+        return Ok(ExitCode::Success);
+    }
     let steps: Vec<&StepState> = match &args.step {
         Some(id) => vec![state.step(id).ok_or_else(|| {
             let known: Vec<&str> = state.steps.iter().map(|s| s.id.as_str()).collect();
@@ -69,6 +92,14 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
         if !any && args.stream.is_none() {
             writeln!(out, "==> {label} (attempt {}): no output <==", attempt.attempt)
                 .map_err(io_at("stdout"))?;
+        }
+    }
+    // With every step shown, the services' logs follow.
+    if args.step.is_none() && args.stream.is_none() {
+        for name in services {
+            let Ok(content) = std::fs::read(service_log(name)) else { continue };
+            writeln!(out, "==> service {name} <==").map_err(io_at("stdout"))?;
+            out.write_all(&content).map_err(io_at("stdout"))?;
         }
     }
     out.flush().map_err(io_at("stdout"))?;

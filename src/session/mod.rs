@@ -24,6 +24,7 @@ use nix::sys::signal::Signal;
 
 pub use approvals::{Decided, Verdict, decide};
 pub use open::{OpenError, Resumed, SessionOptions, open_existing, start_new};
+pub use services::SERVICES_DIR;
 
 use attempts::{Running, checked_after};
 

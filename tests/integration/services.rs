@@ -118,6 +118,12 @@ run = "sleep 0.3"
     assert!(pids(&env).iter().all(|p| !alive(*p)), "the service outlived the run");
     let status = env.run(&["status", "--run-id", "h"]);
     status.code(0).stdout_has("SERVICE").stdout_has("api").stdout_has("stopped");
+    env.run(&["logs", "--run-id", "h", "--service", "api"])
+        .code(0)
+        .stdout_has("part-one\n")
+        .stdout_has("served /data");
+    env.run(&["logs", "--run-id", "h"]).code(0).stdout_has("==> service api <==\npart-one");
+    env.run(&["logs", "--run-id", "h", "--service", "db"]).code(2).stderr_has("the services it started: api");
     env.assert_rebuild_matches_live();
 }
 
