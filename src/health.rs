@@ -80,12 +80,20 @@ pub fn start(
     Ok(Prober { stop, thread: handle.thread().clone() })
 }
 
-/// The wait after `failed` failed checks: the interval, doubling after the first few.
+/// The wait after `failed` failed checks. First a ramp (100, 200, 400 ms … while shorter
+/// than the interval), so a service that is up in a moment is not held up by a long
+/// interval; then the interval for [`STEADY_CHECKS`] failed checks; then doubling, capped.
 fn delay(interval: Duration, failed: u32) -> Duration {
-    if failed < STEADY_CHECKS {
+    let ramp = |k: u32| FIRST_CHECK.saturating_mul(1u32.checked_shl(k).unwrap_or(u32::MAX));
+    let ramp_checks = (1..32).take_while(|&k| ramp(k) < interval).count() as u32;
+    if failed <= ramp_checks {
+        return ramp(failed);
+    }
+    let steady = failed - ramp_checks;
+    if steady < STEADY_CHECKS {
         return interval;
     }
-    let factor = 1u32.checked_shl(failed - STEADY_CHECKS + 1).unwrap_or(u32::MAX);
+    let factor = 1u32.checked_shl(steady - STEADY_CHECKS + 1).unwrap_or(u32::MAX);
     interval.saturating_mul(factor).min(MAX_BACKOFF.max(interval))
 }
 
@@ -154,14 +162,27 @@ mod tests {
 
     #[test]
     fn backoff_starts_after_five_failures_and_is_capped() {
-        let i = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        let i = ms(100);
         assert_eq!(delay(i, 1), i);
         assert_eq!(delay(i, 4), i);
-        assert_eq!(delay(i, 5), Duration::from_secs(1));
-        assert_eq!(delay(i, 6), Duration::from_secs(2));
-        assert_eq!(delay(i, 9), Duration::from_secs(5));
+        assert_eq!(delay(i, 5), ms(200));
+        assert_eq!(delay(i, 6), ms(400));
+        assert_eq!(delay(i, 9), Duration::from_secs(3) + ms(200));
+        assert_eq!(delay(i, 10), Duration::from_secs(5));
         assert_eq!(delay(i, 200), Duration::from_secs(5));
         // An interval longer than the cap is never shortened.
-        assert_eq!(delay(Duration::from_secs(10), 9), Duration::from_secs(10));
+        assert_eq!(delay(Duration::from_secs(10), 40), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_first_checks_ramp_up_to_the_interval() {
+        let ms = Duration::from_millis;
+        // Checks at 50, 150, 350, 750 ms, then every 500 ms, then backing off.
+        let waits: Vec<Duration> = (1..=9).map(|n| delay(ms(500), n)).collect();
+        assert_eq!(
+            waits,
+            [ms(100), ms(200), ms(400), ms(500), ms(500), ms(500), ms(500), ms(1000), ms(2000)]
+        );
     }
 }
