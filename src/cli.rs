@@ -102,11 +102,29 @@ pub struct RunArgs {
     pub env_file: Option<PathBuf>,
 }
 
+/// Which run a command is about: `--run-id ID` (or a unique prefix of it) or `--last`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RunRef {
+    /// The run: its id, or the start of it if no other run's id starts the same
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// The most recently started run (of FLOW, a flow name or file, if given)
+    #[arg(long, value_name = "FLOW", num_args = 0..=1, default_missing_value = "")]
+    pub last: Option<String>,
+}
+
+impl RunRef {
+    /// The id of the run meant.
+    pub fn resolve(&self, g: &Global) -> Result<String, crate::store::StoreError> {
+        g.runs().select(self.run_id.as_deref(), self.last.as_deref())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DecideArgs {
-    /// The run whose step waits
-    #[arg(long, value_name = "ID")]
-    pub run_id: String,
+    #[command(flatten)]
+    pub run: RunRef,
     /// The waiting step
     #[arg(long, value_name = "STEP")]
     pub step: String,
@@ -128,14 +146,9 @@ pub struct DecideArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["run_id", "last"]))]
 pub struct ResumeArgs {
-    /// The run to continue
-    #[arg(long, value_name = "ID")]
-    pub run_id: Option<String>,
-    /// Continue the most recently started run (of FLOW, if given)
-    #[arg(long, value_name = "FLOW", num_args = 0..=1, default_missing_value = "")]
-    pub last: Option<String>,
+    #[command(flatten)]
+    pub run: RunRef,
     /// How many steps may run at once (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -154,21 +167,34 @@ pub struct ResumeArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Show the steps of this run
-    #[arg(long, value_name = "ID")]
+    /// Show the steps of this run (its id, or the start of it if no other run's id starts the same)
+    #[arg(long, value_name = "ID", conflicts_with = "last")]
     pub run_id: Option<String>,
+    /// Show the steps of the most recently started run (of FLOW, if given)
+    #[arg(long, value_name = "FLOW", num_args = 0..=1, default_missing_value = "")]
+    pub last: Option<String>,
     /// Show one step of the run in detail: visits, attempts, outputs, handoff, routes
-    #[arg(long, value_name = "STEP", requires = "run_id")]
+    #[arg(long, value_name = "STEP")]
     pub step: Option<String>,
     /// List only runs with steps waiting for approval
-    #[arg(long, conflicts_with = "run_id")]
+    #[arg(long, conflicts_with_all = ["run_id", "last"])]
     pub waiting: bool,
+    /// List only runs of this flow (a flow name or file)
+    #[arg(long, value_name = "FLOW", conflicts_with_all = ["run_id", "last"])]
+    pub flow: Option<String>,
+    /// List only runs with this status
+    #[arg(long, value_name = "STATUS", conflicts_with_all = ["run_id", "last"],
+          value_parser = ["running", "succeeded", "failed", "interrupted", "waiting", "paused", "crashed"])]
+    pub status: Option<String>,
+    /// List only runs started within this long, e.g. 2d, 12h, "1 week"
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["run_id", "last"], value_parser = crate::flow::parse_duration_arg)]
+    pub since: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    #[arg(long, value_name = "ID")]
-    pub run_id: String,
+    #[command(flatten)]
+    pub run: RunRef,
     /// Only this step
     #[arg(long, value_name = "STEP")]
     pub step: Option<String>,
@@ -195,8 +221,8 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    #[arg(long, value_name = "ID")]
-    pub run_id: String,
+    #[command(flatten)]
+    pub run: RunRef,
     #[arg(long, value_name = "STEP")]
     pub step: String,
     /// Of this visit of a step that a loop ran more than once (default: the latest)
@@ -209,8 +235,8 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    #[arg(long, value_name = "ID")]
-    pub run_id: String,
+    #[command(flatten)]
+    pub run: RunRef,
 }
 
 /// Parses the command line, runs the command and turns the outcome into an exit code.

@@ -76,7 +76,8 @@ fn store_code(e: &StoreError) -> ExitCode {
         StoreError::BadRunId(_)
         | StoreError::NotFound { .. }
         | StoreError::NotARun { .. }
-        | StoreError::NoRuns { .. } => ExitCode::Usage,
+        | StoreError::NoRuns { .. }
+        | StoreError::Ambiguous { .. } => ExitCode::Usage,
         StoreError::Locked { .. } => ExitCode::Locked,
         StoreError::Io { .. } => ExitCode::Io,
         StoreError::Journal(e) => journal_code(e),

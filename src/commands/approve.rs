@@ -7,10 +7,9 @@ use crate::exit::ExitCode;
 use crate::journal::Decision;
 use crate::report::note;
 use crate::session::{Decided, SessionOptions, Verdict, decide as record};
-use crate::store::validate_run_id;
 
 pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCode, Error> {
-    validate_run_id(&args.run_id)?;
+    let id = &args.run.resolve(g)?;
     let by = match args.by {
         Some(by) if by.trim().is_empty() => return Err(Error::Usage("--by must not be empty".into())),
         Some(by) => by,
@@ -26,7 +25,6 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         no_cache: false,
         env_file: args.env_file.clone(),
     };
-    let id = &args.run_id;
     let mut session = match record(&g.runs(), id, &verdict, &opts, args.resume)? {
         Decided::Locked(session) => session,
         Decided::ByLiveRunner => {

@@ -21,9 +21,9 @@ use crate::store::{attempt_dir, load_run, visit_label};
 
 pub fn explain(g: &Global, args: ExplainArgs) -> Result<ExitCode, Error> {
     let runs = g.runs();
-    let dir = runs.existing(&args.run_id)?;
+    let id = &args.run.resolve(g)?;
+    let dir = runs.existing(id)?;
     let state = load_run(&dir, true, u64::MAX)?.state;
-    let id = &args.run_id;
     let Some(step) = state.step(&args.step) else {
         let known: Vec<&str> = state.steps.iter().map(|s| s.id.as_str()).collect();
         return Err(Error::Usage(format!(

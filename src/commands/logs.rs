@@ -10,7 +10,8 @@ use crate::state::{Attempt, StepState};
 use crate::store::{attempt_dir, load_run, visit_label};
 
 pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
-    let dir = g.runs().existing(&args.run_id)?;
+    let id = args.run.resolve(g)?;
+    let dir = g.runs().existing(&id)?;
     let state = load_run(&dir, true, u64::MAX)?.state;
     // Services in the order they first started.
     let mut services: Vec<&str> = Vec::new();
@@ -25,7 +26,7 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
             let started = if services.is_empty() { "none".to_string() } else { services.join(", ") };
             return Err(Error::Usage(format!(
                 "run `{}` has not started a service `{name}`; the services it started: {started}",
-                args.run_id
+                id
             )));
         }
         let path = service_log(name);
@@ -35,13 +36,9 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
         return Ok(ExitCode::Success);
     }
     let steps: Vec<&StepState> = match &args.step {
-        Some(id) => vec![state.step(id).ok_or_else(|| {
+        Some(wanted) => vec![state.step(wanted).ok_or_else(|| {
             let known: Vec<&str> = state.steps.iter().map(|s| s.id.as_str()).collect();
-            Error::Usage(format!(
-                "run `{}` has no step `{id}`; its steps are: {}",
-                args.run_id,
-                known.join(", ")
-            ))
+            Error::Usage(format!("run `{id}` has no step `{wanted}`; its steps are: {}", known.join(", ")))
         })?],
         None => state.steps.iter().collect(),
     };

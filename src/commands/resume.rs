@@ -8,12 +8,7 @@ use crate::session::{Resumed, SessionEnd, SessionOptions, open_existing};
 use crate::state::StepStatus;
 
 pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
-    let runs = g.runs();
-    let id = match (&args.run_id, &args.last) {
-        (Some(id), _) => id.clone(),
-        (None, Some(flow)) => runs.last(Some(flow.as_str()).filter(|f| !f.is_empty()))?,
-        (None, None) => return Err(Error::Usage("give --run-id ID or --last".into())),
-    };
+    let id = args.run.resolve(g)?;
     let opts = SessionOptions {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),

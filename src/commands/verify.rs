@@ -12,7 +12,8 @@ use crate::state::{FoldError, RunState, SNAPSHOT_FILE, load_snapshot};
 use crate::store::{FLOW_COPY, LoadError, SnapshotUse, attempt_dir, load_run};
 
 pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
-    let dir = g.runs().existing(&args.run_id)?;
+    let id = args.run.resolve(g)?;
+    let dir = g.runs().existing(&id)?;
     let path = dir.join(JOURNAL_FILE);
     let mut problems: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
@@ -71,7 +72,7 @@ pub fn verify(g: &Global, args: VerifyArgs) -> Result<ExitCode, Error> {
 
     // The verdict is the exit code: a closed stdout (`| head`) must not turn it into 0.
     if g.json {
-        let v = json!({"run_id": args.run_id, "ok": problems.is_empty(), "problems": problems, "warnings": warnings});
+        let v = json!({"run_id": id, "ok": problems.is_empty(), "problems": problems, "warnings": warnings});
         let _ = print(&v.to_string());
     } else {
         if !g.quiet {

@@ -102,7 +102,12 @@ fn encode(seq: u64, ts: &str, event: &Event, data: &str, prev: &str) -> (Vec<u8>
 
 /// The current time as journal lines write it.
 pub fn now_ts() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
+    ts_of(jiff::Timestamp::now())
+}
+
+/// A timestamp as the journal writes it (UTC, milliseconds), so strings compare in order.
+pub fn ts_of(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
 }
 
 #[cfg(test)]

@@ -48,6 +48,13 @@ pub enum StoreError {
     #[error("no runs{} in {}", flow.as_ref().map(|f| format!(" of flow `{f}`")).unwrap_or_default(), dir.display())]
     NoRuns { flow: Option<String>, dir: PathBuf },
     #[error(
+        "`{prefix}` is the start of {} runs ({}{}); give more of the id",
+        matches.len(),
+        matches.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        if matches.len() > 5 { ", …" } else { "" }
+    )]
+    Ambiguous { prefix: String, matches: Vec<String> },
+    #[error(
         "run `{id}` is locked by another runner process{}; wait for it to finish, or stop it with `kill {}`",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         pid.map(|p| p.to_string()).unwrap_or_else(|| "<pid>".into())
@@ -145,6 +152,29 @@ impl RunsDir {
             Ok(self.run_dir(id))
         } else {
             Err(StoreError::NotFound { id: id.to_string(), dir: self.root.clone() })
+        }
+    }
+
+    /// The run a user means by `id`: that run, or the only run whose id starts with it.
+    pub fn resolve(&self, id: &str) -> Result<String, StoreError> {
+        validate_run_id(id)?;
+        if self.exists(id) {
+            return Ok(id.to_string());
+        }
+        let mut matches: Vec<String> = self.list()?.into_iter().filter(|r| r.starts_with(id)).collect();
+        match matches.len() {
+            0 => Err(StoreError::NotFound { id: id.to_string(), dir: self.root.clone() }),
+            1 => Ok(matches.remove(0)),
+            _ => Err(StoreError::Ambiguous { prefix: id.to_string(), matches }),
+        }
+    }
+
+    /// `--run-id ID` (or a unique prefix of it), else `--last [FLOW]`.
+    pub fn select(&self, run_id: Option<&str>, last: Option<&str>) -> Result<String, StoreError> {
+        match (run_id, last) {
+            (Some(id), _) => self.resolve(id),
+            (None, Some(flow)) => self.last(Some(flow).filter(|f| !f.is_empty())),
+            (None, None) => self.last(None),
         }
     }
 

@@ -12,6 +12,7 @@ mod gates;
 mod golden;
 mod inputs;
 mod journal;
+mod ops;
 mod projection;
 mod receipts;
 mod secrets;

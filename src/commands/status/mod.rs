@@ -97,9 +97,14 @@ impl RunRow {
 
 pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
     let runs = g.runs();
-    if let Some(id) = &args.run_id {
-        runs.existing(id)?;
-    } else if runs.list()?.is_empty() {
+    let selected = match (&args.run_id, &args.last) {
+        (None, None) => None,
+        (id, last) => Some(runs.select(id.as_deref(), last.as_deref())?),
+    };
+    if args.step.is_some() && selected.is_none() {
+        return Err(Error::Usage("--step needs --run-id ID or --last".into()));
+    }
+    if selected.is_none() && runs.list()?.is_empty() {
         let text = if g.json { "[]".to_string() } else { format!("no runs in {}", runs.root().display()) };
         return print(&text);
     }
@@ -119,7 +124,7 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             note(&format!("warning: run {id} is left out: {why}"));
         }
     }
-    match &args.run_id {
+    match &selected {
         Some(id) => {
             projection.sync_run_if_behind(id)?;
             match &args.step {
@@ -131,7 +136,7 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             for (id, why) in projection.catch_up()?.unreadable {
                 note(&format!("warning: run {id} is left out: {why}"));
             }
-            run_list(g, &runs, &projection, args.waiting)
+            run_list(g, &runs, &projection, &args)
         }
     }
 }
@@ -160,23 +165,53 @@ fn sql(p: &Projection) -> impl Fn(rusqlite::Error) -> Error + '_ {
     |source| Error::Projection(ProjectionError::Sqlite { path: p.path().to_path_buf(), source })
 }
 
-fn run_list(g: &Global, runs: &RunsDir, p: &Projection, only_waiting: bool) -> Result<ExitCode, Error> {
+fn run_list(g: &Global, runs: &RunsDir, p: &Projection, args: &StatusArgs) -> Result<ExitCode, Error> {
     let holders = live_lock_holders();
-    let filter = if only_waiting { "WHERE steps_waiting > 0" } else { "" };
+    let mut filters: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    if args.waiting {
+        filters.push("steps_waiting > 0".into());
+    }
+    if let Some(flow) = &args.flow {
+        // A flow file names its flow by its stem, as runs record it.
+        let name =
+            std::path::Path::new(flow).file_stem().map_or(flow.clone(), |s| s.to_string_lossy().into_owned());
+        values.push(name);
+        filters.push(format!("flow = ?{}", values.len()));
+    }
+    if let Some(since) = args.since {
+        let from = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(since).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(jiff::Timestamp::MIN);
+        values.push(crate::journal::ts_of(from));
+        filters.push(format!("started_at >= ?{}", values.len()));
+    }
+    let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
     let mut stmt = p
         .connection()
         .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY started_at, run_id"))
         .map_err(sql(p))?;
-    let mut rows: Vec<RunRow> =
-        stmt.query_map([], RunRow::from_row).map_err(sql(p))?.collect::<Result<_, _>>().map_err(sql(p))?;
+    let mut rows: Vec<RunRow> = stmt
+        .query_map(rusqlite::params_from_iter(values.iter()), RunRow::from_row)
+        .map_err(sql(p))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(p))?;
     for r in &mut rows {
         r.live = is_locked(&runs.run_dir(&r.run_id), &holders);
         if r.steps_waiting > 0 {
             r.waiting = waiting_steps(p, &r.run_id)?;
         }
     }
-    if only_waiting && rows.is_empty() && !g.json {
+    // The shown status (crashed, paused) is worked out here, so it is filtered here.
+    if let Some(status) = &args.status {
+        rows.retain(|r| r.shown_status() == status);
+    }
+    if args.waiting && rows.is_empty() && !g.json {
         return print("no run waits for approval");
+    }
+    let filtered = args.flow.is_some() || args.status.is_some() || args.since.is_some();
+    if filtered && rows.is_empty() && !g.json {
+        return print("no runs match");
     }
     if g.json {
         let list: Vec<_> = rows.iter().map(RunRow::to_json).collect();

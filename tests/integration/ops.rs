@@ -1,0 +1,50 @@
+//! Operating runs from cron and CI: choosing runs by prefix or `--last`, filtering `status`,
+//! cancelling, following.
+
+use crate::util::*;
+
+#[test]
+fn runs_are_chosen_by_unique_prefix_or_last_and_status_filters_them() {
+    let env = Env::new();
+    let ok = env.flow("nightly", "[[steps]]\nid = \"a\"\nrun = \"echo nightly\"\n");
+    let bad = env.flow("weekly", "[[steps]]\nid = \"a\"\nrun = \"exit 3\"\n");
+    env.run(&["run", &ok, "--run-id", "alpha-1"]).code(0);
+    env.run(&["run", &bad, "--run-id", "alpha-2"]).code(1);
+    env.run(&["run", &ok, "--run-id", "beta-1"]).code(0);
+    // A unique prefix names its run; an ambiguous one lists the candidates, exit 2.
+    env.run(&["logs", "--run-id", "beta"]).code(0).stdout_has("nightly");
+    env.run(&["status", "--run-id", "alpha-2"]).code(0).stdout_has("failed");
+    env.run(&["verify", "--run-id", "alpha"])
+        .code(2)
+        .stderr_has("`alpha` is the start of 2 runs (alpha-1, alpha-2)");
+    env.run(&["logs", "--run-id", "gamma"]).code(2).stderr_has("no run `gamma`");
+    // --last: the newest run, or the newest of a flow.
+    env.run(&["status", "--last"]).code(0).stdout_has("run:      beta-1");
+    env.run(&["status", "--last", "weekly"]).code(0).stdout_has("run:      alpha-2");
+    env.run(&["logs", "--last", "flows/weekly.toml", "--step", "a"]).code(0).stdout_has("no output");
+    env.run(&["verify", "--last"]).code(0);
+    env.run(&["resume", "--last", "weekly"]).code(1);
+    // Filters.
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--json", "status"];
+        all.extend_from_slice(args);
+        let out = env.run(&all);
+        let v: serde_json::Value = serde_json::from_str(&out.code(0).stdout).expect("json");
+        v.as_array()
+            .expect("list")
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&[]), ["alpha-1", "alpha-2", "beta-1"]);
+    assert_eq!(listed(&["--flow", "nightly"]), ["alpha-1", "beta-1"]);
+    assert_eq!(listed(&["--flow", "flows/weekly.toml"]), ["alpha-2"]);
+    assert_eq!(listed(&["--status", "failed"]), ["alpha-2"]);
+    assert_eq!(listed(&["--status", "succeeded", "--flow", "weekly"]), Vec::<String>::new());
+    assert_eq!(listed(&["--since", "1h"]).len(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(listed(&["--since", "1s"]), Vec::<String>::new());
+    env.run(&["status", "--since", "1s"]).code(0).stdout_has("no runs match");
+    env.run(&["status", "--since", "soon"]).code(2).stderr_has("examples: 30m, 12h, 2d");
+    env.run(&["status", "--status", "odd"]).code(2);
+}
