@@ -68,6 +68,9 @@ pub enum Command {
     Approve(DecideArgs),
     /// Reject a step that waits for approval: it fails (or routes back, if it is a router)
     Reject(DecideArgs),
+    /// Stop a live run from another shell: its steps are stopped as on SIGTERM, and the run
+    /// is recorded as cancelled (and stays resumable)
+    Cancel(CancelArgs),
     /// Check flow files without running anything
     Validate(ValidateArgs),
     /// Check a run's journal: every checksum, the chain, and the snapshot
@@ -234,6 +237,21 @@ pub struct ExplainArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub run: RunRef,
+    /// Who cancels (default: the current user name); kept in the journal
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+    /// Return once the runner has the request, without waiting for it to stop
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the run to stop before giving up (exit 4)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::flow::parse_duration_arg)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub run: RunRef,
@@ -270,6 +288,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Logs(args) => commands::logs::logs(g, args),
         Command::Approve(args) => commands::approve::decide(g, args, crate::journal::Decision::Approved),
         Command::Reject(args) => commands::approve::decide(g, args, crate::journal::Decision::Rejected),
+        Command::Cancel(args) => commands::cancel::cancel(g, args),
         Command::Validate(args) => commands::validate::validate(g, args),
         Command::Verify(args) => commands::verify::verify(g, args),
         Command::Explain(args) => commands::explain::explain(g, args),

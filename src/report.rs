@@ -231,10 +231,18 @@ impl Reporter {
                     e.message
                 )),
             },
-            Event::RunInterrupted(e) => self.line(&format!(
-                "run {} interrupted by {}; continue with `runner resume --run-id {}`",
-                state.run_id, e.signal, state.run_id
-            )),
+            Event::RunInterrupted(e) => {
+                let by = match &e.cancelled_by {
+                    Some(who) => format!("cancelled by {who}"),
+                    None => format!("interrupted by {}", e.signal),
+                };
+                self.line(&format!(
+                    "run {} {by}; continue with `runner{} resume --run-id {}`",
+                    state.run_id,
+                    self.runs_dir_arg(),
+                    state.run_id
+                ))
+            }
             _ => {}
         }
     }

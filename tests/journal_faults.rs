@@ -131,7 +131,7 @@ fn story() -> Vec<Event> {
             leftover_stopped: None,
             duration_ms: Some(12),
         }),
-        Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into() }),
+        Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into(), cancelled_by: None }),
         Event::RunResumed(RunResumed { session: session(4243) }),
         Event::JournalRepaired(JournalRepaired {
             dropped_bytes: 57,

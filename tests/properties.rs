@@ -113,7 +113,7 @@ fn reader_fixture() -> &'static ReaderFixture {
                 receipt: None,
             }),
             start("b", 1),
-            Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into() }),
+            Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into(), cancelled_by: None }),
             Event::RunResumed(RunResumed { session: session(2) }),
             Event::StepInterrupted(StepInterrupted {
                 step: "b".into(),
@@ -1338,7 +1338,10 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
                 }
                 svc.exit(&mut events, runner::journal::ServiceEnd::Stopped, c);
                 let signal = if flag { "SIGTERM" } else { "SIGINT" };
-                events.push(Event::RunInterrupted(RunInterrupted { signal: signal.into() }));
+                events.push(Event::RunInterrupted(RunInterrupted {
+                    signal: signal.into(),
+                    cancelled_by: None,
+                }));
                 run = RunStatus::Interrupted;
             }
             Action::Crash => {

@@ -61,7 +61,8 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
 }
 
 /// Who is deciding when `--by` is not given: `$USER`, `$LOGNAME`, else the account name.
-fn user_name() -> Result<String, Error> {
+/// Who is at the keyboard: `$USER`, `$LOGNAME`, else the name of the current uid.
+pub fn user_name() -> Result<String, Error> {
     for var in ["USER", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
             && !name.trim().is_empty()

@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses nothing and prints what its users need.
 
 pub mod approve;
+pub mod cancel;
 pub mod explain;
 pub mod logs;
 pub mod rebuild;

@@ -435,6 +435,8 @@ pub enum InterruptReason {
     Signal,
     /// The runner died while the step ran; noticed by the next resume.
     RunnerDied,
+    /// Someone ran `runner cancel`: stopped like on SIGTERM.
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -604,6 +606,9 @@ pub struct RunPaused {
 #[serde(deny_unknown_fields)]
 pub struct RunInterrupted {
     pub signal: String,
+    /// Who cancelled the run with `runner cancel`, when that was the signal's cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn encoded_lines_have_the_fixed_tail() {
-        let e = Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into() });
+        let e = Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into(), cancelled_by: None });
         let (line, sum) = encode(7, "2026-01-01T00:00:00.000Z", &e, &e.data_json(), ZERO_SUM);
         let text = std::str::from_utf8(&line).expect("utf8");
         assert!(

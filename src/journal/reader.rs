@@ -239,7 +239,7 @@ mod tests {
         let mut out = Vec::new();
         let mut prev = ZERO_SUM.to_string();
         for seq in 1..=n {
-            let e = Event::RunInterrupted(RunInterrupted { signal: format!("SIG{seq}") });
+            let e = Event::RunInterrupted(RunInterrupted { signal: format!("SIG{seq}"), cancelled_by: None });
             let (line, sum) = encode(seq, "2026-01-01T00:00:00.000Z", &e, &e.data_json(), &prev);
             out.extend_from_slice(&line);
             prev = sum;

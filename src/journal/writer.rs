@@ -158,12 +158,12 @@ mod tests {
         // Writes to /dev/full fail with ENOSPC, like a full disk.
         let file = OpenOptions::new().append(true).open("/dev/full").expect("/dev/full");
         let mut w = JournalWriter::with(file, Path::new("/dev/full"), 0, ZERO_SUM.to_string(), 0);
-        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into() }));
+        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGINT".into(), cancelled_by: None }));
         let first = w.commit().expect_err("the disk is full");
         assert!(matches!(first, JournalError::Io { .. }), "{first}");
         assert!(first.to_string().contains("No space left"), "{first}");
         assert_eq!((w.len(), w.durable_end().0), (0, 0), "nothing was acknowledged");
-        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into() }));
+        w.stage(Event::RunInterrupted(RunInterrupted { signal: "SIGTERM".into(), cancelled_by: None }));
         assert!(matches!(w.commit(), Err(JournalError::WriterFailed { .. })));
     }
 }

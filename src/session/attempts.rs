@@ -519,7 +519,11 @@ impl Session {
                     step: step_id,
                     visit,
                     attempt,
-                    reason: InterruptReason::Signal,
+                    reason: if self.cancelled_by.is_some() {
+                        InterruptReason::Cancelled
+                    } else {
+                        InterruptReason::Signal
+                    },
                     leftover_stopped: None,
                     duration_ms: Some(duration_ms),
                 }));
@@ -661,11 +665,15 @@ impl Session {
         let now = Instant::now();
         if self.stop.is_none() {
             self.stop = Some(sig);
+            self.cancelled_by = crate::store::cancel::request_for_me(&self.dir).map(|r| r.by);
             self.retry_at.clear();
             if !self.running.is_empty() {
+                let why = match &self.cancelled_by {
+                    Some(by) => format!("cancelled by {by}"),
+                    None => format!("received {}", executor::signal_name(sig)),
+                };
                 self.report.info(&format!(
-                    "received {}: stopping {} running step(s); send it again to kill them at once",
-                    executor::signal_name(sig),
+                    "{why}: stopping {} running step(s); send the signal again to kill them at once",
                     self.running.len()
                 ));
             }

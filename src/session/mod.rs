@@ -112,6 +112,8 @@ pub struct Session {
     retry_at: HashMap<usize, Instant>,
     /// The signal that asked for a graceful stop, once one did.
     stop: Option<Signal>,
+    /// Who cancelled the run, when that signal came from `runner cancel`.
+    cancelled_by: Option<String>,
     since_snapshot: u64,
     /// Routers that succeeded and still have to decide where to go.
     unrouted: BTreeSet<usize>,
@@ -210,6 +212,7 @@ impl Session {
             gates: Vec::new(),
             retry_at: HashMap::new(),
             stop: None,
+            cancelled_by: None,
             since_snapshot: 0,
         })
     }
@@ -249,8 +252,10 @@ impl Session {
                     ))?;
                     self.record(Event::RunInterrupted(RunInterrupted {
                         signal: executor::signal_name(signal),
+                        cancelled_by: self.cancelled_by.clone(),
                     }))?;
                     self.commit()?;
+                    crate::store::cancel::clear(&self.dir);
                     self.end_session();
                     return Ok(SessionEnd::Interrupted(signal));
                 }

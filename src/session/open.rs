@@ -241,6 +241,8 @@ impl Session {
     /// Makes this process the run's driver: journals the resume (and an accepted flow
     /// change) and records the attempts the previous runner left in flight.
     pub(super) fn take_over(&mut self, jobs: usize, change: Option<FlowChanged>) -> Result<(), SessionError> {
+        // A cancel request for a runner that is gone means nothing now.
+        crate::store::cancel::clear(&self.dir);
         self.record(Event::RunResumed(RunResumed { session: session_info(jobs) }))?;
         if let Some(change) = change {
             self.report.warn(&format!(

@@ -634,6 +634,7 @@ impl RunState {
                     match e.reason {
                         InterruptReason::Signal => "signal",
                         InterruptReason::RunnerDied => "runner_died",
+                        InterruptReason::Cancelled => "cancelled",
                     }
                     .into(),
                 );

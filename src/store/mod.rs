@@ -1,5 +1,6 @@
 //! The runs directory: where runs live, how they are named, created, locked and loaded.
 
+pub mod cancel;
 mod create;
 mod load;
 mod lock;

@@ -48,3 +48,42 @@ fn runs_are_chosen_by_unique_prefix_or_last_and_status_filters_them() {
     env.run(&["status", "--since", "soon"]).code(2).stderr_has("examples: 30m, 12h, 2d");
     env.run(&["status", "--status", "odd"]).code(2);
 }
+
+#[test]
+fn cancel_stops_a_live_run_from_another_shell_and_it_stays_resumable() {
+    let env = Env::new();
+    let flow = env.flow(
+        "c",
+        r#"
+[[steps]]
+id = "long"
+run = '''
+echo $RUNNER_ATTEMPT >> attempts
+touch started
+[ -e done ] || sleep 30
+'''
+
+[[steps]]
+id = "after"
+run = "true"
+"#,
+    );
+    env.run(&["cancel", "--run-id", "nope"]).code(2).stderr_has("no run `nope`");
+    let child = env.spawn(&["run", &flow, "--run-id", "cx"]);
+    wait_for("the step to start", std::time::Duration::from_secs(20), || env.path().join("started").exists());
+    env.run(&["cancel", "--last", "--by", "alice"]).code(0).stderr_has("run cx cancelled");
+    finish(child, std::time::Duration::from_secs(10)).code(143).stderr_has("run cx cancelled by alice");
+    let journal = env.journal("cx");
+    let last = journal.last().expect("events");
+    assert_eq!(last["type"], "RunInterrupted");
+    assert_eq!(last["data"]["cancelled_by"], "alice");
+    let stopped = journal.iter().find(|e| e["type"] == "StepInterrupted").expect("the step was stopped");
+    assert_eq!(stopped["data"]["reason"], "cancelled");
+    assert!(!env.run_dir("cx").join("cancel.request").exists(), "the request is cleared once journaled");
+    env.run(&["cancel", "--run-id", "cx"]).code(2).stderr_has("is not running");
+    // The run resumes to the end; the stopped step runs again as a new attempt.
+    env.write("done", "");
+    env.run(&["resume", "--run-id", "cx"]).code(0);
+    assert_eq!(env.count("attempts"), 2);
+    env.assert_rebuild_matches_live();
+}
