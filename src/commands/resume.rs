@@ -28,7 +28,7 @@ pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCod
             if !g.quiet {
                 note(&format!("run {id} already succeeded; nothing to do"));
             }
-            Ok(ExitCode::Success)
+            finish_json(g, id, ExitCode::Success)
         }
         Resumed::Ready(session) => {
             let s = session.state();
@@ -40,9 +40,21 @@ pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCod
                     s.steps.len()
                 ));
             }
-            Ok(exit_for(session.drive()?))
+            let code = exit_for(session.drive()?);
+            finish_json(g, id, code)
         }
     }
+}
+
+/// With `--json`, prints the run as `runner status --run-id ID --json` shows it, plus the
+/// exit code; the run's own exit code stands whatever printing does.
+pub fn finish_json(g: &Global, id: &str, code: ExitCode) -> Result<ExitCode, Error> {
+    if g.json
+        && let Err(e) = crate::commands::status::print_run_json(g, id, code.code())
+    {
+        note(&format!("warning: cannot print the run as JSON: {e}"));
+    }
+    Ok(code)
 }
 
 pub fn exit_for(end: SessionEnd) -> ExitCode {

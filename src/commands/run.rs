@@ -60,11 +60,15 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         match start_new(&runs, flow, &bytes, &args.flow, params.clone(), id.clone(), &workdir, &opts)? {
             Ok(session) => {
                 // The id alone on stdout, first, so scripts can capture it: ID=$(runner run …)
-                let _ = writeln!(std::io::stdout(), "{id}");
+                // (with --json, stdout is the one JSON document at the end instead).
+                if !g.json {
+                    let _ = writeln!(std::io::stdout(), "{id}");
+                }
                 if !g.quiet {
                     note(&format!("run {id} started: {} ({steps} steps)", args.flow.display()));
                 }
-                return Ok(exit_for(session.drive()?));
+                let code = exit_for(session.drive()?);
+                return crate::commands::resume::finish_json(g, &id, code);
             }
             // Someone else created it between our check and our create: it is theirs to run.
             Err(back) if args.run_id.is_some() => {

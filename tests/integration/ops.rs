@@ -87,3 +87,28 @@ run = "true"
     assert_eq!(env.count("attempts"), 2);
     env.assert_rebuild_matches_live();
 }
+
+#[test]
+fn run_and_resume_with_json_print_one_document_with_the_exit_code() {
+    let env = Env::new();
+    let flow = env
+        .flow("j", "[[steps]]\nid = \"a\"\nrun = \"test -e ok\"\n\n[[steps]]\nid = \"b\"\nrun = \"true\"\n");
+    let first = env.run(&["--json", "run", &flow, "--run-id", "js"]);
+    first.code(1);
+    let v: serde_json::Value = serde_json::from_str(&first.stdout).expect("stdout is one JSON document");
+    assert_eq!(
+        (v["run_id"].as_str(), v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("js"), Some("failed"), Some(1))
+    );
+    assert_eq!(v["steps"][0]["reason"], "exit");
+    env.write("ok", "");
+    let again = env.run(&["--json", "resume", "--run-id", "js"]);
+    again.code(0);
+    let v: serde_json::Value = serde_json::from_str(&again.stdout).expect("json");
+    assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("succeeded"), Some(0)));
+    assert_eq!(v["steps"].as_array().map(Vec::len), Some(2));
+    // An already finished run is reported the same way.
+    let done = env.run(&["--json", "resume", "--run-id", "js"]);
+    let v: serde_json::Value = serde_json::from_str(&done.code(0).stdout).expect("json");
+    assert_eq!(v["status"], "succeeded");
+}

@@ -141,6 +141,20 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
     }
 }
 
+/// The JSON object of `status --run-id ID --json`, with `exit_code` added: what `run`
+/// and `resume` print with `--json` when the run ends.
+pub fn print_run_json(g: &Global, id: &str, exit_code: u8) -> Result<(), Error> {
+    let runs = g.runs();
+    let mut projection = Projection::open(&runs)?;
+    if projection.is_fresh() {
+        projection.rebuild()?;
+    }
+    projection.sync_run_if_behind(id)?;
+    let mut v = run_json(&runs, &projection, id)?;
+    v["exit_code"] = json!(exit_code);
+    print(&v.to_string()).map(|_| ())
+}
+
 fn step_detail(g: &Global, p: &Projection, id: &str, step: &str) -> Result<ExitCode, Error> {
     let d = step::detail(p.connection(), id, step).map_err(sql(p))?;
     if d.is_null() {
@@ -249,59 +263,81 @@ fn waiting_steps(p: &Projection, id: &str) -> Result<Vec<String>, Error> {
     stmt.query_map([id], |r| r.get(0)).map_err(sql(p))?.collect::<Result<_, _>>().map_err(sql(p))
 }
 
-fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<ExitCode, Error> {
-    let conn = p.connection();
-    let mut run = conn
-        .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"), [id], RunRow::from_row)
-        .optional()
-        .map_err(sql(p))?
-        .ok_or_else(|| Error::Usage(format!("run `{id}` is not in the projection")))?;
-    run.live = is_locked(&runs.run_dir(id), &live_lock_holders());
-    run.waiting = waiting_steps(p, id)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at, reason,
-                    visit
-             FROM steps WHERE run_id = ?1 ORDER BY position",
-        )
-        .map_err(sql(p))?;
-    type StepRow = (
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        i64,
-    );
-    let steps: Vec<StepRow> = stmt
-        .query_map([id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })
-        .map_err(sql(p))?
-        .collect::<Result<_, _>>()
-        .map_err(sql(p))?;
-    let services = service_rows(p, id)?;
-    let degraded: Vec<&str> = services.iter().filter(|s| s.degraded).map(|s| s.name.as_str()).collect();
-    if g.json {
-        let mut v = run.to_json();
-        v["degraded"] = json!(degraded);
-        v["services"] = services.iter().map(ServiceRow::to_json).collect();
-        v["steps"] = steps
+type StepRow = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+/// Everything `status --run-id` shows of one run.
+struct RunView {
+    run: RunRow,
+    steps: Vec<StepRow>,
+    services: Vec<ServiceRow>,
+}
+
+impl RunView {
+    fn load(runs: &RunsDir, p: &Projection, id: &str) -> Result<RunView, Error> {
+        let conn = p.connection();
+        let mut run = conn
+            .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"), [id], RunRow::from_row)
+            .optional()
+            .map_err(sql(p))?
+            .ok_or_else(|| Error::Usage(format!("run `{id}` is not in the projection")))?;
+        run.live = is_locked(&runs.run_dir(id), &live_lock_holders());
+        run.waiting = waiting_steps(p, id)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT step_id, status, attempts, duration_ms, exit_code, message, started_at, finished_at,
+                        reason, visit
+                 FROM steps WHERE run_id = ?1 ORDER BY position",
+            )
+            .map_err(sql(p))?;
+        let steps: Vec<StepRow> = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
+            })
+            .map_err(sql(p))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(p))?;
+        Ok(RunView { run, steps, services: service_rows(p, id)? })
+    }
+
+    /// Services that died under `degraded = "continue"`, without repeats.
+    fn degraded(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in self.services.iter().filter(|s| s.degraded) {
+            if !out.contains(&s.name.as_str()) {
+                out.push(&s.name);
+            }
+        }
+        out
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = self.run.to_json();
+        v["degraded"] = json!(self.degraded());
+        v["services"] = self.services.iter().map(ServiceRow::to_json).collect();
+        v["steps"] = self
+            .steps
             .iter()
             .map(|s| {
                 json!({
@@ -311,16 +347,28 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
                 })
             })
             .collect();
-        return print(&v.to_string());
+        v
     }
+}
+
+fn run_json(runs: &RunsDir, p: &Projection, id: &str) -> Result<serde_json::Value, Error> {
+    Ok(RunView::load(runs, p, id)?.to_json())
+}
+
+fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<ExitCode, Error> {
+    let view = RunView::load(runs, p, id)?;
+    if g.json {
+        return print(&view.to_json().to_string());
+    }
+    let (run, steps, services) = (&view.run, &view.steps, &view.services);
+    let degraded = view.degraded();
+    let conn = p.connection();
     let mut out = String::new();
     out.push_str(&format!("run:      {}\n", run.run_id));
     out.push_str(&format!("flow:     {}\n", run.flow));
     out.push_str(&format!("status:   {}", run.shown_status()));
     if !degraded.is_empty() {
-        let mut names = degraded.clone();
-        names.dedup();
-        out.push_str(&format!(" (degraded: service {} died while steps used it)", names.join(", ")));
+        out.push_str(&format!(" (degraded: service {} died while steps used it)", degraded.join(", ")));
     }
     out.push('\n');
     out.push_str(&format!("started:  {}\n", local_time(&run.started_at)));
