@@ -182,6 +182,10 @@ pub struct StatusArgs {
     /// List only runs with steps waiting for approval
     #[arg(long, conflicts_with_all = ["run_id", "last"])]
     pub waiting: bool,
+    /// Print the run's events as they happen until it ends, then its steps; the exit code
+    /// is the run's (0 succeeded, 1 failed, 3 paused, 130/143 interrupted)
+    #[arg(long, short = 'f', conflicts_with = "step")]
+    pub follow: bool,
     /// List only runs of this flow (a flow name or file)
     #[arg(long, value_name = "FLOW", conflicts_with_all = ["run_id", "last"])]
     pub flow: Option<String>,
@@ -213,6 +217,9 @@ pub struct LogsArgs {
     /// Only this service's log (its stdout and stderr, line by line), printed as is
     #[arg(long, value_name = "NAME", conflicts_with_all = ["step", "stream"])]
     pub service: Option<String>,
+    /// Keep printing what steps and services write, as they write it, until the run ends
+    #[arg(long, short = 'f', conflicts_with_all = ["attempt", "visit", "stream"])]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,15 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
             services.push(&s.service);
         }
     }
+    if args.follow {
+        let only = match (&args.step, &args.service) {
+            (Some(s), _) => Some(crate::commands::follow::Only::Step(s.clone())),
+            (_, Some(s)) => Some(crate::commands::follow::Only::Service(s.clone())),
+            _ => None,
+        };
+        crate::commands::follow::follow_logs(&dir, only)?;
+        return Ok(ExitCode::Success);
+    }
     let service_log = |name: &str| dir.join(SERVICES_DIR).join(format!("{name}.log"));
     if let Some(name) = &args.service {
         if !services.contains(&name.as_str()) {

@@ -3,6 +3,7 @@
 pub mod approve;
 pub mod cancel;
 pub mod explain;
+pub mod follow;
 pub mod logs;
 pub mod rebuild;
 pub mod resume;

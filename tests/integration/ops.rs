@@ -112,3 +112,54 @@ fn run_and_resume_with_json_print_one_document_with_the_exit_code() {
     let v: serde_json::Value = serde_json::from_str(&done.code(0).stdout).expect("json");
     assert_eq!(v["status"], "succeeded");
 }
+
+#[test]
+fn logs_and_status_follow_a_live_run_and_end_with_it() {
+    let env = Env::new();
+    let flow = env.flow(
+        "fo",
+        r#"
+[[steps]]
+id = "a"
+run = '''
+echo a1
+touch started
+while [ ! -e go ]; do sleep 0.05; done
+printf 'part'; sleep 0.2; echo 'ial'
+echo oops >&2
+'''
+
+[[steps]]
+id = "b"
+run = "echo b1; sleep 0.2; echo b2"
+"#,
+    );
+    let runner = env.spawn(&["run", &flow, "--run-id", "fo"]);
+    wait_for("the step to start", std::time::Duration::from_secs(20), || env.path().join("started").exists());
+    let logs = env.spawn(&["logs", "--run-id", "fo", "--follow"]);
+    let status = env.spawn(&["status", "--last", "--follow"]);
+    let one = env.spawn(&["logs", "--run-id", "fo", "--step", "b", "-f"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    env.write("go", "");
+    finish(runner, std::time::Duration::from_secs(20)).code(0);
+    let logs = finish(logs, std::time::Duration::from_secs(10));
+    logs.code(0)
+        .stdout_has("[a] a1\n")
+        .stdout_has("[a] partial\n")
+        .stdout_has("[a] oops\n")
+        .stdout_has("[b] b2\n");
+    let one = finish(one, std::time::Duration::from_secs(10));
+    one.code(0);
+    assert_eq!(one.stdout, "b1\nb2\n", "one step's lines, without a prefix");
+    finish(status, std::time::Duration::from_secs(10))
+        .code(0)
+        .stderr_has("b: succeeded")
+        .stderr_has("run fo succeeded")
+        .stdout_has("STEP");
+    // On a finished run, follow prints what there is and returns at once; a failed run's
+    // status --follow exits 1.
+    env.run(&["logs", "--run-id", "fo", "-f", "--step", "a"]).code(0).stdout_has("partial");
+    let bad = env.flow("bad", "[[steps]]\nid = \"x\"\nrun = \"exit 2\"\n");
+    env.run(&["run", &bad, "--run-id", "bad"]).code(1);
+    env.run(&["status", "--run-id", "bad", "--follow"]).code(1);
+}

@@ -104,6 +104,11 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
     if args.step.is_some() && selected.is_none() {
         return Err(Error::Usage("--step needs --run-id ID or --last".into()));
     }
+    if args.follow {
+        let id =
+            selected.as_deref().ok_or_else(|| Error::Usage("--follow needs --run-id ID or --last".into()))?;
+        return follow(g, &runs, id);
+    }
     if selected.is_none() && runs.list()?.is_empty() {
         let text = if g.json { "[]".to_string() } else { format!("no runs in {}", runs.root().display()) };
         return print(&text);
@@ -139,6 +144,35 @@ pub fn status(g: &Global, args: StatusArgs) -> Result<ExitCode, Error> {
             run_list(g, &runs, &projection, &args)
         }
     }
+}
+
+/// `status --follow`: the run's events as they happen, then its table; the run's exit code.
+fn follow(g: &Global, runs: &RunsDir, id: &str) -> Result<ExitCode, Error> {
+    let dir = runs.existing(id)?;
+    let reporter = crate::report::Reporter::new(g.verbosity(), &dir);
+    let state = crate::commands::follow::follow_events(&dir, &reporter)?;
+    let code = match state.status {
+        crate::state::RunStatus::Succeeded => ExitCode::Success,
+        crate::state::RunStatus::Waiting => ExitCode::Paused,
+        crate::state::RunStatus::Interrupted if state.signal.as_deref() == Some("SIGINT") => {
+            ExitCode::Interrupted
+        }
+        crate::state::RunStatus::Interrupted => ExitCode::Terminated,
+        crate::state::RunStatus::Failed => ExitCode::Failed,
+        crate::state::RunStatus::Running => {
+            note(&format!(
+                "warning: the runner of run {id} died; continue with `runner resume --run-id {id}`"
+            ));
+            ExitCode::Failed
+        }
+    };
+    let mut projection = Projection::open(runs)?;
+    if projection.is_fresh() {
+        projection.rebuild()?;
+    }
+    projection.sync_run_if_behind(id)?;
+    run_detail(g, runs, &projection, id)?;
+    Ok(code)
 }
 
 /// The JSON object of `status --run-id ID --json`, with `exit_code` added: what `run`
