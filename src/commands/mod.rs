@@ -1,7 +1,9 @@
 //! One module per subcommand; each parses nothing and prints what its users need.
 
 pub mod approve;
+pub mod completions;
 pub mod explain;
+pub mod gc;
 pub mod logs;
 pub mod rebuild;
 pub mod resume;

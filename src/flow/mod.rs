@@ -727,6 +727,24 @@ fn env_table(
     Ok(env)
 }
 
+/// Parses a human duration as flows and commands take it: `30d`, `2 days`, `12h`, `1w`,
+/// `1h30m` (a jiff span, with days of 24 hours). The one parser for both, so that
+/// `timeout = "2 days"` and `runner gc --older-than "2 days"` always agree. `Err` is the
+/// reason, short enough to follow the value in a message.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    // jiff's messages are precise but long; keep the part after the format name.
+    let short = |e: jiff::Error| {
+        let msg = e.to_string();
+        msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest).to_string()
+    };
+    let span: jiff::Span = text.trim().parse().map_err(short)?;
+    let parsed = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(short)?;
+    if parsed.is_negative() {
+        return Err("it is negative".into());
+    }
+    Duration::try_from(parsed).map_err(|e| e.to_string())
+}
+
 fn duration(
     src: &Source,
     field: &str,
@@ -740,18 +758,7 @@ fn duration(
             FlowErrorKind::Duration { field: field.into(), value: text.clone(), reason },
         )
     };
-    // jiff's messages are precise but long; keep the part after the format name.
-    let short = |e: jiff::Error| {
-        let msg = e.to_string();
-        err(msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest).to_string())
-    };
-    // A span, so that "2 days" and "1w" work too, with days of 24 hours.
-    let span: jiff::Span = text.trim().parse().map_err(short)?;
-    let parsed = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(short)?;
-    if parsed.is_negative() {
-        return Err(err("it is negative".into()));
-    }
-    let d = Duration::try_from(parsed).map_err(|e| err(e.to_string()))?;
+    let d = parse_duration(text).map_err(err)?;
     if d.is_zero() && !zero_ok {
         return Err(err("it must be longer than zero".into()));
     }
