@@ -31,7 +31,7 @@ pub fn man(args: ManArgs) -> Result<ExitCode, Error> {
             Error::Usage(format!("no command `{name}`; `runner --help` lists them"))
         })?,
     };
-    write_stdout(&render(page, true)?)
+    write_stdout(&render(page, args.command.is_none())?)
 }
 
 /// One page in roff. The main page also tells where the commands' own pages come from
