@@ -27,9 +27,10 @@ pub fn man(args: ManArgs) -> Result<ExitCode, Error> {
     }
     let page = match &args.command {
         None => cmd,
-        Some(name) => cmd.find_subcommand(name).cloned().ok_or_else(|| {
-            Error::Usage(format!("no command `{name}`; `runner --help` lists them"))
-        })?,
+        Some(name) => cmd
+            .find_subcommand(name)
+            .cloned()
+            .ok_or_else(|| Error::Usage(format!("no command `{name}`; `runner --help` lists them")))?,
     };
     write_stdout(&render(page, args.command.is_none())?)
 }

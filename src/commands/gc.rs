@@ -78,7 +78,8 @@ pub fn gc(g: &Global, args: GcArgs) -> Result<ExitCode, Error> {
         for c in choose(&projection, &args, wanted.as_deref())? {
             let dir = runs.run_dir(&c.run_id);
             let live = is_locked(&dir, &holders);
-            let keep = |reason: &str| Kept { run_id: c.run_id.clone(), flow: c.flow.clone(), reason: reason.into() };
+            let keep =
+                |reason: &str| Kept { run_id: c.run_id.clone(), flow: c.flow.clone(), reason: reason.into() };
             if live {
                 kept.push(keep("live: a runner drives it"));
                 continue;
@@ -216,11 +217,8 @@ fn open_caught_up(runs: &RunsDir) -> Result<Projection, Error> {
         }
         Err(e) => return Err(e.into()),
     };
-    let skipped = if projection.is_fresh() {
-        projection.rebuild()?.skipped
-    } else {
-        projection.catch_up()?.unreadable
-    };
+    let skipped =
+        if projection.is_fresh() { projection.rebuild()?.skipped } else { projection.catch_up()?.unreadable };
     for (id, why) in skipped {
         note(&format!("warning: run {id} is left alone: {why}"));
     }
@@ -294,7 +292,13 @@ fn report(g: &Global, args: &GcArgs, removed: &[Removed], kept: &[Kept]) -> Resu
     let cells: Vec<Vec<String>> = removed
         .iter()
         .map(|r| {
-            vec![r.run_id.clone(), r.flow.clone(), r.status.clone(), local_time(&r.started_at), human_bytes(r.bytes)]
+            vec![
+                r.run_id.clone(),
+                r.flow.clone(),
+                r.status.clone(),
+                local_time(&r.started_at),
+                human_bytes(r.bytes),
+            ]
         })
         .collect();
     let mut text = table(&["RUN ID", "FLOW", "STATUS", "STARTED", "SIZE"], &cells);

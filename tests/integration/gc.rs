@@ -294,7 +294,8 @@ fn man_pages_are_roff_for_runner_and_each_command() {
     let main = env.run(&["man"]);
     main.code(0);
     assert!(main.stdout.starts_with(".TH runner 1"), "{}", &main.stdout[..main.stdout.len().min(200)]);
-    for part in [".SH SYNOPSIS", ".SH OPTIONS", "runner\\-gc(1)", "runner\\-rebuild\\-projection(1)", "runner man"]
+    for part in
+        [".SH SYNOPSIS", ".SH OPTIONS", "runner\\-gc(1)", "runner\\-rebuild\\-projection(1)", "runner man"]
     {
         assert!(main.stdout.contains(part), "the main page lacks {part}");
     }
