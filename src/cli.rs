@@ -79,6 +79,45 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Drop the SQLite projection and rebuild it from every run's journal
     RebuildProjection,
+    /// Delete old runs (their directories and projection rows); live and paused runs are kept
+    Gc(GcArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), of runner or of one command
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("policy").required(true).multiple(true).args(["keep_last", "older_than"]))]
+pub struct GcArgs {
+    /// Keep the N most recently started runs of each flow
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Delete only runs whose last event is older than this: 30d, 2 days, 12h
+    #[arg(long, value_name = "DURATION", value_parser = crate::flow::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Only runs of this flow (its name, or the path of its file)
+    #[arg(long, value_name = "FLOW")]
+    pub flow: Option<String>,
+    /// Print what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this command (e.g. `gc`) instead of runner's own
+    #[arg(value_name = "COMMAND", conflicts_with = "out_dir")]
+    pub command: Option<String>,
+    /// Write runner.1 and a runner-COMMAND.1 page for every command into DIR
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +339,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Verify(args) => commands::verify::verify(g, args),
         Command::Explain(args) => commands::explain::explain(g, args),
         Command::RebuildProjection => commands::rebuild::rebuild(g),
+        Command::Gc(args) => commands::gc::gc(g, args),
+        Command::Completions(args) => commands::completions::completions(args),
+        Command::Man(args) => commands::completions::man(args),
     }
 }
 

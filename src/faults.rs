@@ -14,6 +14,9 @@
 //! a full or failing disk does, where no real one is at hand. Points: `journal-write` (half
 //! of a commit is written, then the write fails), `journal-sync` (the write succeeds, the
 //! `fdatasync` fails). Kinds: `enospc` (default), `eio`.
+//!
+//! `RUNNER_TEST_NOW=<RFC 3339 timestamp>` is the time `runner gc` takes as now, so tests
+//! can age runs by days without waiting or forging journals.
 
 use std::io;
 use std::sync::OnceLock;
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const ENV: &str = "RUNNER_TEST_CRASH_AT";
 pub const IO_ENV: &str = "RUNNER_TEST_IO_ERROR";
+pub const NOW_ENV: &str = "RUNNER_TEST_NOW";
 
 /// A parsed `point[:n[:kind]]`.
 struct Spec {
@@ -69,4 +73,9 @@ pub fn io_error(point: &str) -> Option<io::Error> {
         _ => nix::errno::Errno::ENOSPC,
     };
     Some(io::Error::from_raw_os_error(errno as i32))
+}
+
+/// The current time, or the one `RUNNER_TEST_NOW` gives (ignored unless it parses).
+pub fn now() -> jiff::Timestamp {
+    std::env::var(NOW_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_else(jiff::Timestamp::now)
 }

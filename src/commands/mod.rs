@@ -2,8 +2,10 @@
 
 pub mod approve;
 pub mod cancel;
+pub mod completions;
 pub mod explain;
 pub mod follow;
+pub mod gc;
 pub mod logs;
 pub mod rebuild;
 pub mod resume;

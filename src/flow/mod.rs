@@ -727,9 +727,12 @@ fn env_table(
     Ok(env)
 }
 
-/// A human duration as the flow file takes it (`"30s"`, `"2 days"`, `"1h 30m"`), for
-/// command-line options.
+/// Parses a human duration as flows and commands take it: `30d`, `2 days`, `12h`, `1w`,
+/// `1h30m` (a jiff span, with days of 24 hours). The one parser for both, so that
+/// `timeout = "2 days"` and `runner gc --older-than "2 days"` always agree. `Err` is the
+/// reason, short enough to follow the value in a message.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    // jiff's messages are precise but long; keep the part after the format name.
     let short = |e: jiff::Error| {
         let msg = e.to_string();
         msg.split_once("format: ").map_or(msg.as_str(), |(_, rest)| rest).to_string()
@@ -760,7 +763,6 @@ fn duration(
             FlowErrorKind::Duration { field: field.into(), value: text.clone(), reason },
         )
     };
-    // A span, so that "2 days" and "1w" work too, with days of 24 hours.
     let d = parse_duration(text).map_err(err)?;
     if d.is_zero() && !zero_ok {
         return Err(err("it must be longer than zero".into()));

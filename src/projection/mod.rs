@@ -287,6 +287,24 @@ impl Projection {
         Ok(result)
     }
 
+    /// Deletes the rows of run `run_id` that started at `started_at`, for `gc` once the
+    /// run's directory is gone: rows of a newer run that took the same id since are left
+    /// alone. Returns whether there were rows to delete.
+    pub fn delete_run(&mut self, run_id: &str, started_at: &str) -> Result<bool, ProjectionError> {
+        self.reopen_if_replaced()?;
+        let path = self.path.clone();
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        match applied(&tx, run_id).map_err(sql)? {
+            Some(a) if a.started_at == started_at => {
+                rows::delete_run(&tx, run_id).map_err(sql)?;
+                tx.commit().map_err(sql)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The journal length the rows of `run_id` cover, if it has rows.
     pub fn journal_bytes(&self, run_id: &str) -> Option<u64> {
         self.conn

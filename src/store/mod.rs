@@ -4,12 +4,14 @@ pub mod cancel;
 mod create;
 mod load;
 mod lock;
+mod trash;
 
 use std::path::{Path, PathBuf};
 
 pub use create::{CreatedRun, create_run};
 pub use load::{LoadError, Loaded, SnapshotUse, load_run, load_run_from};
 pub use lock::{RunLock, is_locked, live_lock_holders};
+pub use trash::{remove_trash_leftovers, remove_trashed, trash_run};
 
 use crate::journal::{JOURNAL_FILE, RunStarted};
 

@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod examples;
 mod gates;
+mod gc;
 mod golden;
 mod inputs;
 mod journal;
