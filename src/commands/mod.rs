@@ -4,6 +4,7 @@ pub mod approve;
 pub mod explain;
 pub mod logs;
 pub mod rebuild;
+pub mod reports;
 pub mod resume;
 pub mod run;
 pub mod status;

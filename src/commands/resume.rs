@@ -1,6 +1,7 @@
 //! `runner resume`: continue a run from its journal.
 
 use crate::cli::{Global, ResumeArgs, jobs};
+use crate::commands::reports::Reports;
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::report::note;
@@ -14,6 +15,8 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         (None, Some(flow)) => runs.last(Some(flow.as_str()).filter(|f| !f.is_empty()))?,
         (None, None) => return Err(Error::Usage("give --run-id ID or --last".into())),
     };
+    let reports = Reports::new(&args.reports);
+    reports.check()?;
     let opts = SessionOptions {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
@@ -22,18 +25,20 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
     };
-    resume_run(g, &id, &opts)
+    resume_run(g, &id, &opts, &reports)
 }
 
-/// Resumes run `id` and drives it to its end. Shared with `runner run --run-id`.
-pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCode, Error> {
+/// Resumes run `id`, drives it to its end and writes the reports asked for. Shared with
+/// `runner run --run-id`.
+pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions, reports: &Reports) -> Result<ExitCode, Error> {
     let runs = g.runs();
     match open_existing(&runs, id, opts)? {
         Resumed::Done => {
             if !g.quiet {
                 note(&format!("run {id} already succeeded; nothing to do"));
             }
-            Ok(ExitCode::Success)
+            // A cron line fired again still refreshes its reports.
+            Ok(reports.write(g, id, ExitCode::Success))
         }
         Resumed::Ready(session) => {
             let s = session.state();
@@ -45,7 +50,7 @@ pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCod
                     s.steps.len()
                 ));
             }
-            Ok(exit_for(session.drive()?))
+            Ok(reports.write(g, id, exit_for(session.drive()?)))
         }
     }
 }

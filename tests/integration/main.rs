@@ -14,6 +14,7 @@ mod inputs;
 mod journal;
 mod projection;
 mod receipts;
+mod reports;
 mod secrets;
 mod semantics;
 mod services;
