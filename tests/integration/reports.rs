@@ -157,6 +157,49 @@ fn junit_of_a_run_with_passing_failing_retried_and_skipped_steps() {
 }
 
 #[test]
+fn junit_names_each_visit_of_a_loop() {
+    let env = Env::new();
+    let flow = env.flow(
+        "loop",
+        r#"
+[[steps]]
+id = "review"
+max_visits = 3
+run = '''
+if [ "$RUNNER_VISIT" -ge 2 ]; then v=pass; else v=fail; fi
+echo "verdict=$v" >> "$RUNNER_OUTPUT"
+'''
+next = [
+  { if = "steps.review.outputs.verdict == 'fail'", goto = "fix" },
+  { goto = "publish" },
+]
+[[steps]]
+id = "fix"
+needs = ["review"]
+max_visits = 3
+run = "true"
+next = [{ goto = "review" }]
+[[steps]]
+id = "publish"
+needs = ["review"]
+run = "true"
+"#,
+    );
+    env.run(&["run", &flow, "--junit", "loop.xml"]).code(0);
+    let file = env.path().join("loop.xml");
+    assert_valid_junit(&file);
+    let names = xpath(&file, "//testcase/@name");
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(
+        names,
+        [r#"name="review""#, r#"name="review#2""#, r#"name="fix""#, r#"name="fix#2""#, r#"name="publish""#],
+        "{}",
+        env.read("loop.xml")
+    );
+    assert!(case(&file, "fix#2", "skipped/@message").contains("not routed"), "{}", env.read("loop.xml"));
+}
+
+#[test]
 fn junit_of_a_paused_run_and_of_its_approval() {
     let env = Env::new();
     let flow = env.flow(
@@ -239,6 +282,27 @@ fn a_report_that_cannot_be_written_is_refused_before_anything_starts() {
     assert_eq!(env.count("a.ran"), 0);
     // --junit with approve needs --resume.
     env.run(&["approve", "--run-id", "x", "--step", "a", "--junit", "j.xml"]).code(2);
+}
+
+#[test]
+fn a_report_lost_at_the_end_turns_success_into_74_and_keeps_a_failure() {
+    let env = Env::new();
+    // The step puts a non-empty directory where the report goes: the rename over it fails.
+    let ok = env.flow("ok", "[[steps]]\nid = 'a'\nrun = 'mkdir -p report.xml/x'\n");
+    env.run(&["run", &ok, "--junit", "report.xml"])
+        .code(74)
+        .stderr_has("error: cannot write the JUnit report report.xml");
+    let bad = env.flow("bad", "[[steps]]\nid = 'a'\nrun = 'mkdir -p metrics.prom/x; exit 1'\n");
+    env.run(&["run", &bad, "--metrics-file", "metrics.prom"])
+        .code(1)
+        .stderr_has("error: cannot write the metrics file metrics.prom");
+    let names: Vec<_> = std::fs::read_dir(env.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(names.is_empty(), "temp files left: {names:?}");
 }
 
 /// The series of a textfile: `name{labels}` -> value. Every line must be a comment or a
