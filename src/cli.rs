@@ -142,6 +142,21 @@ pub struct RunArgs {
     /// Read values of the flow's secrets from this dotenv file (it wins over the environment)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub reports: ReportArgs,
+}
+
+/// Reports written when the session ends, for CI and cron.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReportArgs {
+    /// When the session ends, write the run as a JUnit XML test report to FILE (one
+    /// testcase per step visit), for the test views of GitLab, Jenkins and GitHub
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// When the session ends, write the last run of every flow as Prometheus metrics to PATH
+    /// (node-exporter textfile collector: temp file and rename)
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Which run a command is about: `--run-id ID` (or a unique prefix of it) or `--last`.
@@ -185,6 +200,12 @@ pub struct DecideArgs {
     /// With --resume: read secret values from this dotenv file
     #[arg(long, value_name = "FILE", requires = "resume")]
     pub env_file: Option<PathBuf>,
+    /// With --resume: write a JUnit XML report of the run to FILE when the session ends
+    #[arg(long, value_name = "FILE", requires = "resume")]
+    pub junit: Option<PathBuf>,
+    /// With --resume: write Prometheus metrics of every flow to PATH when the session ends
+    #[arg(long, value_name = "PATH", requires = "resume")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +226,8 @@ pub struct ResumeArgs {
     /// a resume needs them again)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub reports: ReportArgs,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ pub mod flow;
 pub mod fsutil;
 pub mod health;
 pub mod journal;
+pub mod junit;
+pub mod metrics;
 pub mod outputs;
 pub mod projection;
 pub mod receipt;

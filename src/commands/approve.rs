@@ -1,6 +1,7 @@
 //! `runner approve` and `runner reject`: a person's verdict on a step that waits.
 
-use crate::cli::{DecideArgs, Global, jobs};
+use crate::cli::{DecideArgs, Global, ReportArgs, jobs};
+use crate::commands::reports::Reports;
 use crate::commands::resume::exit_for;
 use crate::error::Error;
 use crate::exit::ExitCode;
@@ -15,6 +16,9 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         Some(by) => by,
         None => user_name()?,
     };
+    let reports =
+        Reports::new(&ReportArgs { junit: args.junit.clone(), metrics_file: args.metrics_file.clone() });
+    reports.check()?;
     let verdict =
         Verdict { step: args.step.clone(), decision, by: by.clone(), comment: args.comment, visit: None };
     let opts = SessionOptions {
@@ -51,7 +55,7 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
     }
     if args.resume {
         session.take_over_now(opts.jobs)?;
-        return Ok(exit_for(session.drive()?));
+        return Ok(reports.write(g, id, exit_for(session.drive()?)));
     }
     session.close();
     if !g.quiet {

@@ -8,6 +8,7 @@ pub mod follow;
 pub mod gc;
 pub mod logs;
 pub mod rebuild;
+pub mod reports;
 pub mod resume;
 pub mod run;
 pub mod status;

@@ -1,6 +1,7 @@
 //! `runner resume`: continue a run from its journal.
 
 use crate::cli::{Global, ResumeArgs, jobs};
+use crate::commands::reports::Reports;
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::report::note;
@@ -9,6 +10,8 @@ use crate::state::StepStatus;
 
 pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
     let id = args.run.resolve(g)?;
+    let reports = Reports::new(&args.reports);
+    reports.check()?;
     let opts = SessionOptions {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
@@ -17,18 +20,21 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
     };
-    resume_run(g, &id, &opts)
+    resume_run(g, &id, &opts, &reports)
 }
 
-/// Resumes run `id` and drives it to its end. Shared with `runner run --run-id`.
-pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCode, Error> {
+/// Resumes run `id`, drives it to its end and writes the reports asked for. Shared with
+/// `runner run --run-id`.
+pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions, reports: &Reports) -> Result<ExitCode, Error> {
     let runs = g.runs();
     match open_existing(&runs, id, opts)? {
         Resumed::Done => {
             if !g.quiet {
                 note(&format!("run {id} already succeeded; nothing to do"));
             }
-            finish_json(g, id, ExitCode::Success)
+            // A cron line fired again still refreshes its reports.
+            let code = reports.write(g, id, ExitCode::Success);
+            finish_json(g, id, code)
         }
         Resumed::Ready(session) => {
             let s = session.state();
@@ -40,7 +46,7 @@ pub fn resume_run(g: &Global, id: &str, opts: &SessionOptions) -> Result<ExitCod
                     s.steps.len()
                 ));
             }
-            let code = exit_for(session.drive()?);
+            let code = reports.write(g, id, exit_for(session.drive()?));
             finish_json(g, id, code)
         }
     }

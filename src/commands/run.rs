@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use crate::cli::{Global, RunArgs, jobs};
+use crate::commands::reports::Reports;
 use crate::commands::resume::{exit_for, resume_run};
 use crate::error::{Error, io_at};
 use crate::exit::ExitCode;
@@ -32,6 +33,8 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
             }
         )));
     }
+    let reports = Reports::new(&args.reports);
+    reports.check()?;
     let opts = SessionOptions {
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
@@ -48,7 +51,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         validate_run_id(id)?;
         if runs.exists(id) {
             same_run(&runs, id, &flow, &given, args.profile.as_deref())?;
-            return resume_run(g, id, &opts);
+            return resume_run(g, id, &opts, &reports);
         }
     }
     let params = flow.resolve_params(&given)?;
@@ -67,13 +70,13 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
                 if !g.quiet {
                     note(&format!("run {id} started: {} ({steps} steps)", args.flow.display()));
                 }
-                let code = exit_for(session.drive()?);
+                let code = reports.write(g, &id, exit_for(session.drive()?));
                 return crate::commands::resume::finish_json(g, &id, code);
             }
             // Someone else created it between our check and our create: it is theirs to run.
             Err(back) if args.run_id.is_some() => {
                 same_run(&runs, &id, &back, &given, args.profile.as_deref())?;
-                return resume_run(g, &id, &opts);
+                return resume_run(g, &id, &opts, &reports);
             }
             // A generated id collided; take another.
             Err(back) => flow = back,

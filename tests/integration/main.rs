@@ -16,6 +16,7 @@ mod journal;
 mod ops;
 mod projection;
 mod receipts;
+mod reports;
 mod secrets;
 mod semantics;
 mod services;
