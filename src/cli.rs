@@ -38,11 +38,23 @@ pub struct Global {
     /// Print more detail (process ids, paths)
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// How `run` and `resume` show progress: bars on a terminal (auto: unless $CI is set),
+    /// or plain timestamped lines, one per event
+    #[arg(long, global = true, value_name = "MODE", default_value = "auto", value_parser = ["auto", "bars", "plain"])]
+    pub progress: String,
 }
 
 impl Global {
     pub fn runs(&self) -> RunsDir {
         RunsDir::new(self.runs_dir.clone())
+    }
+
+    pub fn progress(&self) -> crate::report::Progress {
+        match self.progress.as_str() {
+            "bars" => crate::report::Progress::Bars,
+            "plain" => crate::report::Progress::Plain,
+            _ => crate::report::Progress::Auto,
+        }
     }
 
     pub fn verbosity(&self) -> Verbosity {

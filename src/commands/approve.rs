@@ -28,6 +28,7 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         profile: None,
         no_cache: false,
         env_file: args.env_file.clone(),
+        progress: g.progress(),
     };
     let mut session = match record(&g.runs(), id, &verdict, &opts, args.resume)? {
         Decided::Locked(session) => session,

@@ -19,6 +19,7 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         profile: None,
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
+        progress: g.progress(),
     };
     resume_run(g, &id, &opts, &reports)
 }

@@ -42,6 +42,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         profile: args.profile.clone(),
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
+        progress: g.progress(),
     };
     // Every secret must have a value before anything is created (they are looked up again
     // by the session that drives the run, and never stored).

@@ -38,11 +38,14 @@ impl LineSink {
             let _ = log.write_all(lines);
         }
         if self.console {
-            let mut err = io::stderr().lock();
-            for line in lines.split_inclusive(|b| *b == b'\n') {
-                let _ = err.write_all(self.prefix.as_bytes());
-                let _ = err.write_all(line);
-            }
+            // One call per batch, above the progress bars if they are drawn.
+            let text: Vec<String> = lines
+                .split_inclusive(|b| *b == b'\n')
+                .map(|l| {
+                    format!("{}{}", self.prefix, String::from_utf8_lossy(l.strip_suffix(b"\n").unwrap_or(l)))
+                })
+                .collect();
+            crate::report::console_line(&text.join("\n"));
         }
     }
 }

@@ -114,6 +114,7 @@ pub struct Session {
     stop: Option<Signal>,
     /// Who cancelled the run, when that signal came from `runner cancel`.
     cancelled_by: Option<String>,
+    progress: crate::report::Progress,
     since_snapshot: u64,
     /// Routers that succeeded and still have to decide where to go.
     unrouted: BTreeSet<usize>,
@@ -213,6 +214,7 @@ impl Session {
             retry_at: HashMap::new(),
             stop: None,
             cancelled_by: None,
+            progress: opts.progress,
             since_snapshot: 0,
         })
     }
@@ -225,6 +227,7 @@ impl Session {
     /// On an error nothing more can be journaled; dropping the session then kills the
     /// steps still running rather than orphaning them.
     pub fn drive(mut self) -> Result<SessionEnd, SessionError> {
+        self.report.start_progress(self.progress, &self.state);
         self.drive_inner()
     }
 
@@ -323,6 +326,7 @@ impl Session {
 
     /// The last acts of a session: snapshot, projection, and no process left behind.
     fn end_session(&mut self) {
+        self.report.finish(&self.state);
         self.snapshot();
         self.settle_projection();
         let grace = self.flow.steps.iter().map(|s| s.grace).max().unwrap_or_default();

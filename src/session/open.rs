@@ -36,6 +36,8 @@ pub struct SessionOptions {
     pub no_cache: bool,
     /// `--env-file`: where secret values come from besides the environment.
     pub env_file: Option<PathBuf>,
+    /// Bars on a terminal, or plain lines.
+    pub progress: crate::report::Progress,
 }
 
 #[derive(Debug, thiserror::Error)]

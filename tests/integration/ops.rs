@@ -163,3 +163,65 @@ run = "echo b1; sleep 0.2; echo b2"
     env.run(&["run", &bad, "--run-id", "bad"]).code(1);
     env.run(&["status", "--run-id", "bad", "--follow"]).code(1);
 }
+
+/// Runs `runner ARGS` on a pseudo-terminal (util-linux `script`); returns its exit code
+/// and everything it printed there.
+fn on_a_terminal(env: &Env, args: &str, ci: bool) -> (i32, String) {
+    let log = env.path().join("typescript");
+    let runner = env!("CARGO_BIN_EXE_runner");
+    let mut c = std::process::Command::new("script");
+    c.args(["-qefc", &format!("{runner} {args}"), &log.to_string_lossy()])
+        .current_dir(env.path())
+        .env_remove("RUNNER_RUNS_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if ci {
+        c.env("CI", "true");
+    } else {
+        c.env_remove("CI");
+    }
+    let status = c.status().expect("script (util-linux) runs");
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn a_terminal_gets_progress_bars_and_a_summary_and_anything_else_plain_lines() {
+    let env = Env::new();
+    let flow = env.flow(
+        "p",
+        "[[steps]]\nid = \"slow\"\nrun = \"sleep 0.5\"\n\n[[steps]]\nid = \"fails\"\nneeds = []\nrun = \"sleep 0.2; exit 4\"\n",
+    );
+    let (code, screen) = on_a_terminal(&env, &format!("run {flow} --run-id t1"), false);
+    assert_eq!(code, 1, "{screen}");
+    assert!(screen.contains("\u{1b}["), "no escape codes: not drawn as bars?\n{screen}");
+    assert!(screen.contains("steps"), "{screen}");
+    assert!(
+        screen.contains("fails: failed: exited with code 4"),
+        "failures are printed above the bars\n{screen}"
+    );
+    // The display ends with the summary table, after the bars were cleared.
+    let summary = screen.rfind("ATTEMPTS  DURATION").expect("a summary table");
+    let last_bar = screen.rfind("/2 steps").expect("the overall bar");
+    assert!(summary > last_bar, "{screen}");
+    let rows: Vec<Vec<&str>> =
+        screen[summary..].lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert!(rows.iter().any(|r| r.starts_with(&["slow", "succeeded", "1"])), "{screen}");
+    assert!(rows.iter().any(|r| r.starts_with(&["fails", "failed", "1"])), "{screen}");
+    // Plain lines: asked for, under CI, and whenever stderr is not a terminal.
+    for (args, ci) in [
+        (format!("--progress plain run {flow} --run-id t2"), false),
+        (format!("run {flow} --run-id t3"), true),
+    ] {
+        let (code, screen) = on_a_terminal(&env, &args, ci);
+        assert_eq!(code, 1);
+        assert!(!screen.contains('\u{1b}'), "escape codes in plain mode:\n{screen}");
+        assert!(screen.contains("slow: succeeded in"), "{screen}");
+    }
+    let piped = env.run(&["run", &flow, "--run-id", "t4"]);
+    piped.code(1);
+    assert!(!piped.stderr.contains('\u{1b}'), "{}", piped.stderr);
+    // --quiet: errors and the final line only.
+    let quiet = env.run(&["--quiet", "run", &flow, "--run-id", "t5"]);
+    quiet.code(1).stderr_has("run t5 failed");
+    assert!(!quiet.stderr.contains("slow: started"), "{}", quiet.stderr);
+}

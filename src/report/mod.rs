@@ -11,6 +11,20 @@ use crate::journal::{Event, FailReason, GateOutcome, Record, RoutingSource, RunO
 use crate::state::{RunState, StepStatus};
 use crate::store::{attempt_dir, visit_label};
 
+mod progress;
+
+use progress::Bars;
+pub use progress::{Progress, console_line};
+
+/// Steps whose current visit is settled (succeeded, failed, skipped, …) for the overall bar.
+fn done_steps(state: &RunState) -> u64 {
+    use crate::state::StepStatus as S;
+    [S::Succeeded, S::Failed, S::Skipped, S::Continued, S::Rejected]
+        .iter()
+        .map(|s| state.count(*s) as u64)
+        .sum()
+}
+
 /// Lines of a failed step's log shown under the failure.
 const TAIL_LINES: usize = 10;
 
@@ -25,11 +39,22 @@ pub enum Verbosity {
 pub struct Reporter {
     verbosity: Verbosity,
     run_dir: PathBuf,
+    /// Drawn on a terminal (see [`Progress`]); `None` prints plain lines.
+    bars: Option<Bars>,
 }
 
 impl Reporter {
     pub fn new(verbosity: Verbosity, run_dir: &Path) -> Reporter {
-        Reporter { verbosity, run_dir: run_dir.to_path_buf() }
+        Reporter { verbosity, run_dir: run_dir.to_path_buf(), bars: None }
+    }
+
+    /// Starts the bars, when `progress` asks for them and the run is not `--quiet`.
+    pub fn start_progress(&mut self, progress: Progress, state: &RunState) {
+        if progress.bars() && self.verbosity != Verbosity::Quiet && self.bars.is_none() {
+            let bars = Bars::new(state.steps.len() as u64);
+            bars.set_done(done_steps(state), state.steps.len() as u64);
+            self.bars = Some(bars);
+        }
     }
 
     pub fn is_quiet(&self) -> bool {
@@ -38,7 +63,28 @@ impl Reporter {
 
     fn line(&self, text: &str) {
         let now = jiff::Zoned::now();
-        let _ = writeln!(std::io::stderr().lock(), "{} {text}", now.strftime("%H:%M:%S"));
+        console_line(&format!("{} {text}", now.strftime("%H:%M:%S")));
+    }
+
+    /// At the end of a session: the bars go, and on a terminal a table of the steps stays.
+    pub fn finish(&mut self, state: &RunState) {
+        let Some(bars) = self.bars.take() else { return };
+        bars.finish();
+        let rows: Vec<Vec<String>> = state
+            .steps
+            .iter()
+            .map(|s| {
+                let ms: u64 = s.attempts.iter().filter_map(|a| a.duration_ms).sum();
+                vec![
+                    visit_label(&s.id, s.visit),
+                    s.status.as_str().to_string(),
+                    s.attempts.len().to_string(),
+                    if s.attempts.is_empty() { String::new() } else { human_ms(ms) },
+                ]
+            })
+            .collect();
+        let _ =
+            write!(std::io::stderr().lock(), "{}", table(&["STEP", "STATUS", "ATTEMPTS", "DURATION"], &rows));
     }
 
     pub fn info(&self, text: &str) {
@@ -48,11 +94,26 @@ impl Reporter {
     }
 
     pub fn warn(&self, text: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "warning: {text}");
+        console_line(&format!("warning: {text}"));
     }
 
     /// Reports an event that is now durable. `state` is the fold including it.
     pub fn event(&self, record: &Record, state: &RunState) {
+        if let Some(bars) = &self.bars {
+            // The bars show starts and ends; lines are for what needs reading.
+            match &record.event {
+                Event::StepStarted(e) => bars.started(&visit_label(&e.step, e.visit), e.attempt),
+                Event::StepSucceeded(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
+                Event::StepFailed(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
+                Event::StepInterrupted(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
+                _ => {}
+            }
+            bars.set_done(done_steps(state), state.steps.len() as u64);
+            if matches!(record.event, Event::StepStarted(_) | Event::StepSucceeded(_) | Event::StepSkipped(_))
+            {
+                return;
+            }
+        }
         let quiet = self.verbosity == Verbosity::Quiet;
         match &record.event {
             Event::StepStarted(e) if !quiet => {
@@ -279,12 +340,10 @@ impl Reporter {
             if lines.is_empty() {
                 continue;
             }
-            let mut err = std::io::stderr().lock();
             let skip = lines.len().saturating_sub(TAIL_LINES);
-            for l in &lines[skip..] {
-                let _ = writeln!(err, "    | {l}");
-            }
-            let _ = writeln!(err, "    (full log: {})", path.display());
+            let mut text: Vec<String> = lines[skip..].iter().map(|l| format!("    | {l}")).collect();
+            text.push(format!("    (full log: {})", path.display()));
+            console_line(&text.join("\n"));
             return;
         }
     }
