@@ -136,6 +136,10 @@ pub struct RunArgs {
     /// Check gates with the thresholds of this profile ([profiles.NAME] in the flow)
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// The file this run is about; steps see it as $RUNNER_TRIGGER_FILE (kept in the
+    /// journal, so a resume gives them the same). `runner watch` sets it
+    #[arg(long, value_name = "PATH")]
+    pub trigger_file: Option<PathBuf>,
     /// Run every step, even those whose cached receipt matches
     #[arg(long)]
     pub no_cache: bool,
