@@ -317,3 +317,34 @@ fn bad_input_is_refused_before_watching() {
     env.run(&["watch", "flows/missing.toml", "--on", "inbox/*.csv"]).code(2);
     env.run(&["watch", &flow, "--on", "inbox/*.csv", "--max-runs", "0"]).code(2);
 }
+
+#[test]
+fn run_trigger_file_reaches_steps_and_keys_the_cache() {
+    let env = Env::new();
+    let flow = env.flow(
+        "cached",
+        r#"
+[[steps]]
+id = "load"
+cache = true
+run = 'echo "$RUNNER_TRIGGER_FILE" >> done.log'
+"#,
+    );
+    env.write("in/a.csv", "1\n");
+    env.write("in/b.csv", "2\n");
+    env.run(&["run", &flow, "--run-id", "a1", "--trigger-file", "in/a.csv"]).code(0);
+    env.run(&["run", &flow, "--run-id", "b1", "--trigger-file", "in/b.csv"]).code(0);
+    assert_eq!(env.read("done.log"), "in/a.csv\nin/b.csv\n", "another file is not a cache hit");
+    // The same file with the same bytes: served from the cache.
+    env.run(&["run", &flow, "--run-id", "a2", "--trigger-file", "in/a.csv"]).code(0);
+    assert_eq!(env.count("done.log"), 2);
+    // New bytes: runs again.
+    env.write("in/a.csv", "3\n");
+    env.run(&["run", &flow, "--run-id", "a3", "--trigger-file", "in/a.csv"]).code(0);
+    assert_eq!(env.count("done.log"), 3);
+    // An existing run keeps its trigger file.
+    env.run(&["run", &flow, "--run-id", "a1", "--trigger-file", "in/b.csv"])
+        .code(2)
+        .stderr_has("trigger file");
+    env.run(&["run", &flow, "--run-id", "a1", "--trigger-file", "in/a.csv"]).code(0);
+}
