@@ -176,7 +176,9 @@ impl Watch {
     /// A matching file was created, written, renamed or removed: wait for it to settle.
     fn touch(&mut self, path: PathBuf) {
         let Some(look) = look(&path) else {
+            // Gone (moved away when done, most often): nothing to keep about it.
             self.pending.remove(&path);
+            self.decided.remove(&path);
             return;
         };
         if self.decided.get(&path) == Some(&look) && !self.pending.contains_key(&path) {
