@@ -451,6 +451,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
             steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
             journal_format: JOURNAL_FORMAT,
             profile: None,
+            trigger_file: None,
             session: Session {
                 pid: session_pid,
                 host: machine.host.clone(),

@@ -89,6 +89,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Say why a step ran instead of being taken from the cache (what changed since)
     Explain(ExplainArgs),
+    /// Start a run of a flow for every file that arrives and matches a glob, once per file
+    Watch(WatchArgs),
     /// Drop the SQLite projection and rebuild it from every run's journal
     RebuildProjection,
     /// Delete old runs (their directories and projection rows); live and paused runs are kept
@@ -148,6 +150,10 @@ pub struct RunArgs {
     /// Check gates with the thresholds of this profile ([profiles.NAME] in the flow)
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// The file this run is about; steps see it as $RUNNER_TRIGGER_FILE (kept in the
+    /// journal, so a resume gives them the same). `runner watch` sets it
+    #[arg(long, value_name = "PATH")]
+    pub trigger_file: Option<PathBuf>,
     /// Run every step, even those whose cached receipt matches
     #[arg(long)]
     pub no_cache: bool,
@@ -333,6 +339,28 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The flow to run for each file, e.g. flows/import.toml
+    pub flow: PathBuf,
+    /// Which files: a glob relative to the working directory, e.g. 'inbox/*.csv' or
+    /// 'data/**/*.json' (quote it, so the shell leaves it alone)
+    #[arg(long, value_name = "GLOB")]
+    pub on: String,
+    /// How many steps each run may run at once (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// How many runs at once; more files wait in arrival order
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_runs: u32,
+    /// A file is taken once its size and mtime have not changed for this long
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::flow::parse_duration_arg)]
+    pub settle: std::time::Duration,
+    /// Run a file again whose run failed before (it is resumed: its failed steps run again)
+    #[arg(long)]
+    pub retry_failed: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub run: RunRef,
@@ -373,6 +401,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Validate(args) => commands::validate::validate(g, args),
         Command::Verify(args) => commands::verify::verify(g, args),
         Command::Explain(args) => commands::explain::explain(g, args),
+        Command::Watch(args) => commands::watch::watch(g, args),
         Command::RebuildProjection => commands::rebuild::rebuild(g),
         Command::Gc(args) => commands::gc::gc(g, args),
         Command::Completions(args) => commands::completions::completions(args),

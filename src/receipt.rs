@@ -54,6 +54,11 @@ pub struct Definition {
     /// gate this run asks for, so a stricter gate is a different key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateText>,
+    /// The run's trigger file (`$RUNNER_TRIGGER_FILE`), by path and content: a step that
+    /// reads it must not be served from the cache of a run about another file. A file
+    /// gone by then (moved away by an earlier step) hashes as `missing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_file: Option<FileDigest>,
 }
 
 fn first_visit() -> u32 {
@@ -185,7 +190,7 @@ pub fn read(path: &Path) -> Result<Receipt, String> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
     /// `command`, `env`, `param`, `input`, `upstream`, `runner_version`, `declared_inputs`,
-    /// `declared_outputs`, `gate`.
+    /// `declared_outputs`, `gate`, `trigger_file`.
     pub component: &'static str,
     /// The variable, parameter, file or step; empty for `command` and `runner_version`.
     pub name: String,
@@ -234,6 +239,9 @@ pub fn diff(before: &Definition, after: &Definition) -> Vec<Change> {
     single(&mut out, "visit", &before.visit.to_string(), &after.visit.to_string());
     single(&mut out, "secrets", &before.secrets.join(", "), &after.secrets.join(", "));
     single(&mut out, "gate", &GateText::shown(&before.gate), &GateText::shown(&after.gate));
+    let trigger =
+        |t: &Option<FileDigest>| t.as_ref().map_or("none".into(), |f| format!("{} ({})", f.path, f.blake3));
+    single(&mut out, "trigger_file", &trigger(&before.trigger_file), &trigger(&after.trigger_file));
     out
 }
 
@@ -274,6 +282,7 @@ mod tests {
             secrets: vec![],
             visit: 1,
             gate: None,
+            trigger_file: None,
         }
     }
 
@@ -299,6 +308,9 @@ mod tests {
             Box::new(|d| d.declared_outputs.push("out".into())),
             Box::new(|d| d.gate = Some(GateText { pass: "true".into(), warn: None })),
             Box::new(|d| d.visit = 2),
+            Box::new(|d| {
+                d.trigger_file = Some(FileDigest { path: "in/a.csv".into(), size: 1, blake3: "x".into() })
+            }),
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut d = def();

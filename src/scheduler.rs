@@ -348,6 +348,7 @@ mod tests {
                 steps: flow.steps.iter().map(|s| s.id.clone()).collect(),
                 journal_format: 1,
                 profile: None,
+                trigger_file: None,
                 session: Session {
                     pid: 1,
                     host: "h".into(),

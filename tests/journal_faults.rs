@@ -115,6 +115,7 @@ fn story() -> Vec<Event> {
             journal_format: runner::journal::JOURNAL_FORMAT,
             session: session(4242),
             profile: None,
+            trigger_file: None,
         }),
         started("extract", 1, 5000),
         failed("extract", 1, FailReason::Exit, "exited with code 1", Some(1000)),

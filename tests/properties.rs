@@ -65,6 +65,7 @@ fn run_started(run_id: &str, steps: &[String]) -> Event {
         journal_format: runner::journal::JOURNAL_FORMAT,
         session: session(1),
         profile: None,
+        trigger_file: None,
     })
 }
 

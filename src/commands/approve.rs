@@ -26,6 +26,7 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
         verbosity: g.verbosity(),
         accept_flow_change: false,
         profile: None,
+        trigger_file: None,
         no_cache: false,
         env_file: args.env_file.clone(),
         progress: g.progress(),

@@ -14,3 +14,4 @@ pub mod run;
 pub mod status;
 pub mod validate;
 pub mod verify;
+pub mod watch;

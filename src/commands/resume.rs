@@ -17,6 +17,7 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
         verbosity: g.verbosity(),
         accept_flow_change: args.accept_flow_change,
         profile: None,
+        trigger_file: None,
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
         progress: g.progress(),

@@ -33,6 +33,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
             }
         )));
     }
+    let trigger_file = args.trigger_file.as_ref().map(|p| p.to_string_lossy().into_owned());
     let reports = Reports::new(&args.reports);
     reports.check()?;
     let opts = SessionOptions {
@@ -40,6 +41,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         verbosity: g.verbosity(),
         accept_flow_change: false,
         profile: args.profile.clone(),
+        trigger_file: trigger_file.clone(),
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
         progress: g.progress(),
@@ -51,7 +53,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
     if let Some(id) = &args.run_id {
         validate_run_id(id)?;
         if runs.exists(id) {
-            same_run(&runs, id, &flow, &given, args.profile.as_deref())?;
+            same_run(&runs, id, &flow, &given, args.profile.as_deref(), trigger_file.as_deref())?;
             return resume_run(g, id, &opts, &reports);
         }
     }
@@ -76,7 +78,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
             }
             // Someone else created it between our check and our create: it is theirs to run.
             Err(back) if args.run_id.is_some() => {
-                same_run(&runs, &id, &back, &given, args.profile.as_deref())?;
+                same_run(&runs, &id, &back, &given, args.profile.as_deref(), trigger_file.as_deref())?;
                 return resume_run(g, &id, &opts, &reports);
             }
             // A generated id collided; take another.
@@ -92,6 +94,7 @@ fn same_run(
     flow: &Flow,
     given: &[(String, String)],
     profile: Option<&str>,
+    trigger_file: Option<&str>,
 ) -> Result<(), Error> {
     let Some((_, started)) = read_run_started(&runs.run_dir(id)) else {
         return Ok(()); // resume reports what is wrong with it
@@ -101,6 +104,13 @@ fn same_run(
             "run `{id}` exists with profile {}, not `{}`; a run's profile cannot change: choose another --run-id",
             started.profile.as_deref().map_or("none".to_string(), |p| format!("`{p}`")),
             profile.unwrap_or_default()
+        )));
+    }
+    if trigger_file.is_some() && trigger_file != started.trigger_file.as_deref() {
+        return Err(Error::Usage(format!(
+            "run `{id}` exists with trigger file {}, not `{}`; a run's trigger file cannot change: choose another --run-id",
+            started.trigger_file.as_deref().map_or("none".to_string(), |p| format!("`{p}`")),
+            trigger_file.unwrap_or_default()
         )));
     }
     if started.flow != flow.name {

@@ -171,6 +171,10 @@ pub struct RunStarted {
     /// `--profile`: the gate profile the run uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// `--trigger-file`: the file this run is about (`runner watch` starts one run per
+    /// arriving file). Journaled so that a resume gives steps the same `RUNNER_TRIGGER_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_file: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -55,6 +55,10 @@ impl Session {
         env.push(("RUNNER_VISIT".into(), visit.to_string()));
         env.push(("RUNNER_ATTEMPT".into(), attempt.to_string()));
         env.push(("RUNNER_RUN_DIR".into(), self.dir.to_string_lossy().into_owned()));
+        // From the journal, not the command line: a resume sees the file the run began with.
+        if let Some(file) = &self.state.trigger_file {
+            env.push(("RUNNER_TRIGGER_FILE".into(), file.clone()));
+        }
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         env.push(("RUNNER_OUTPUT".into(), path(OUTPUT_FILE)));
         env.push(("RUNNER_HANDOFF".into(), path(HANDOFF_FILE)));

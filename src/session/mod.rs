@@ -125,6 +125,9 @@ pub struct Session {
     /// Steps whose latest success left outputs: they reach later steps' environments.
     with_outputs: BTreeSet<usize>,
     upstream: env::UpstreamOutputs,
+    /// The trigger file's digest for step keys, hashed once per session: it may be large,
+    /// and a later step may have moved it away.
+    trigger_digest: std::cell::OnceCell<crate::fileset::FileDigest>,
     /// `--no-cache`: run every step even where a cached receipt matches.
     no_cache: bool,
     /// The projection, opened at the first cache lookup, as the index of receipts.
@@ -191,6 +194,7 @@ impl Session {
             settle: false,
             with_outputs,
             upstream: env::UpstreamOutputs::default(),
+            trigger_digest: std::cell::OnceCell::new(),
             no_cache: opts.no_cache,
             cache_index: None,
             inbox_done: Vec::new(),

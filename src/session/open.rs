@@ -32,6 +32,8 @@ pub struct SessionOptions {
     pub accept_flow_change: bool,
     /// Gate profile for a new run (a resumed run keeps the one it started with).
     pub profile: Option<String>,
+    /// `--trigger-file` for a new run (a resumed run keeps the one it started with).
+    pub trigger_file: Option<String>,
     /// Run every step, even where a cached receipt matches.
     pub no_cache: bool,
     /// `--env-file`: where secret values come from besides the environment.
@@ -124,6 +126,7 @@ pub fn start_new(
         journal_format: JOURNAL_FORMAT,
         session: session_info(opts.jobs),
         profile: opts.profile.clone(),
+        trigger_file: opts.trigger_file.clone(),
     };
     let Some(created) = create_run(runs, flow_bytes, started)? else { return Ok(Err(flow)) };
     let state = RunState::from_first(&created.first)

@@ -92,6 +92,15 @@ impl Session {
                 pass: g.pass.source().to_string(),
                 warn: g.warn.as_ref().map(|w| w.source().to_string()),
             }),
+            trigger_file: self.state.trigger_file.as_ref().map(|p| {
+                self.trigger_digest
+                    .get_or_init(|| {
+                        let (size, blake3) = fileset::hash_file(&Path::new(&self.state.workdir).join(p))
+                            .unwrap_or_else(|_| (0, "missing".to_string()));
+                        fileset::FileDigest { path: p.clone(), size, blake3 }
+                    })
+                    .clone()
+            }),
         })
     }
 

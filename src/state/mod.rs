@@ -365,6 +365,10 @@ pub struct RunState {
     /// The gate profile chosen with `--profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The file the run was started for (`--trigger-file`), given to steps as
+    /// `RUNNER_TRIGGER_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_file: Option<String>,
     /// Every start of a service, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRun>,
@@ -448,6 +452,7 @@ impl RunState {
             steps,
             frames: Vec::new(),
             profile: e.profile.clone(),
+            trigger_file: e.trigger_file.clone(),
             services: Vec::new(),
             index: Derived::default(),
         };
@@ -1014,6 +1019,7 @@ mod tests {
             journal_format: 1,
             session: session(),
             profile: None,
+            trigger_file: None,
         })
     }
 

@@ -35,7 +35,8 @@ pub fn visit_label(step: &str, visit: u32) -> String {
 }
 /// Where runs are assembled before they appear under their id (never a valid run id).
 const STAGING_DIR: &str = ".staging";
-const MAX_RUN_ID_LEN: usize = 128;
+/// The longest run id (it is a directory name).
+pub const MAX_RUN_ID_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -21,3 +21,4 @@ mod secrets;
 mod semantics;
 mod services;
 mod supervision;
+mod watch;
