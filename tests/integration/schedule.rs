@@ -291,3 +291,27 @@ fn a_restarted_scheduler_does_not_start_a_slot_twice() {
     assert_eq!(env.projection_dump(), live);
     assert_eq!(projected(&env).len(), 1);
 }
+
+#[test]
+fn a_run_left_by_a_killed_scheduler_still_blocks_its_next_slot() {
+    let env = Env::new();
+    env.flow("held", HELD);
+    set_clock(&env, "2026-12-04T02:00:30Z");
+    let s = scheduler(&env, &[]);
+    wait_for("the first run to start", LIMIT, || env.count("held.out") == 1);
+    // The scheduler dies; its run (in a process group of its own) goes on, holding its lock.
+    assert_eq!(kill_or_finished(s), None);
+    let id = "held-20261204T0200";
+    assert!(runner::store::is_locked(&env.run_dir(id), &runner::store::live_lock_holders()));
+    set_clock(&env, "2026-12-04T02:01:00Z");
+    let s = scheduler(&env, &[]);
+    wait_decisions(&env, 2);
+    assert_eq!(decisions(&env)[1], "held 2026-12-04T02:01:00.000Z skipped-still-running held-20261204T0201");
+    env.write("go", "");
+    wait_ended(&env, id);
+    set_clock(&env, "2026-12-04T02:02:00Z");
+    wait_for("the 02:02 run", LIMIT, || env.count("held.out") == 2);
+    stop(s);
+    assert_eq!(env.run_ids(), [id, "held-20261204T0202"]);
+    env.assert_rebuild_matches_live();
+}
