@@ -95,6 +95,9 @@ pub enum Command {
     RebuildProjection,
     /// Delete old runs (their directories and projection rows); live and paused runs are kept
     Gc(GcArgs),
+    /// Start runs of the flows in a directory at the times their `schedule` names (foreground,
+    /// for a container or a systemd unit)
+    Schedule(ScheduleArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Print the manual page (roff), of runner or of one command
@@ -116,6 +119,23 @@ pub struct GcArgs {
     /// Print what would be deleted, delete nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Directory of flow files: every `*.toml` in it with a `schedule` is scheduled
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// On start, what to do with slots that passed while no scheduler ran: `one` starts
+    /// the latest of them, `none` starts none; either way the others are recorded as missed
+    #[arg(long, value_enum, default_value = "one", value_name = "POLICY")]
+    pub catch_up: crate::schedule::CatchUp,
+    /// Passed on to every run it starts (`runner run --jobs N`)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Read schedules in UTC instead of the local time zone (TZ, /etc/localtime)
+    #[arg(long)]
+    pub utc: bool,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +424,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Watch(args) => commands::watch::watch(g, args),
         Command::RebuildProjection => commands::rebuild::rebuild(g),
         Command::Gc(args) => commands::gc::gc(g, args),
+        Command::Schedule(args) => commands::schedule::schedule(g, args),
         Command::Completions(args) => commands::completions::completions(args),
         Command::Man(args) => commands::completions::man(args),
     }

@@ -60,6 +60,8 @@ impl Error {
                 ProjectionError::Store(e) => store_code(e),
                 ProjectionError::Sqlite { .. } | ProjectionError::Io { .. } => ExitCode::Io,
                 ProjectionError::Busy { .. } => ExitCode::Locked,
+                ProjectionError::Schedule(crate::schedule::log::LogError::Corrupt { .. }) => ExitCode::Usage,
+                ProjectionError::Schedule(crate::schedule::log::LogError::Io { .. }) => ExitCode::Io,
             },
             Error::Io { .. } => ExitCode::Io,
         }

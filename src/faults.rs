@@ -15,8 +15,10 @@
 //! of a commit is written, then the write fails), `journal-sync` (the write succeeds, the
 //! `fdatasync` fails). Kinds: `enospc` (default), `eio`.
 //!
-//! `RUNNER_TEST_NOW=<RFC 3339 timestamp>` is the time `runner gc` takes as now, so tests
-//! can age runs by days without waiting or forging journals.
+//! `RUNNER_TEST_NOW=<RFC 3339 timestamp>` is the time `runner gc` and `runner schedule`
+//! take as now, so tests can age runs by days without waiting or forging journals.
+//! `RUNNER_TEST_NOW=@<file>` reads the timestamp from the file at every look, so a test
+//! moves a live scheduler's clock forward by rewriting the file.
 
 use std::io;
 use std::sync::OnceLock;
@@ -77,5 +79,10 @@ pub fn io_error(point: &str) -> Option<io::Error> {
 
 /// The current time, or the one `RUNNER_TEST_NOW` gives (ignored unless it parses).
 pub fn now() -> jiff::Timestamp {
-    std::env::var(NOW_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_else(jiff::Timestamp::now)
+    let Ok(value) = std::env::var(NOW_ENV) else { return jiff::Timestamp::now() };
+    let text = match value.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).unwrap_or_default(),
+        None => value,
+    };
+    text.trim().parse().unwrap_or_else(|_| jiff::Timestamp::now())
 }

@@ -23,6 +23,7 @@ pub mod outputs;
 pub mod projection;
 pub mod receipt;
 pub mod report;
+pub mod schedule;
 pub mod scheduler;
 pub mod secrets;
 pub mod session;

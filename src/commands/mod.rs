@@ -11,6 +11,7 @@ pub mod rebuild;
 pub mod reports;
 pub mod resume;
 pub mod run;
+pub mod schedule;
 pub mod status;
 pub mod validate;
 pub mod verify;

@@ -96,6 +96,10 @@ pub enum FlowErrorKind {
     ServiceName(String),
     #[error("service `{service}`: {message}")]
     Service { service: String, message: String },
+    #[error(
+        "invalid `schedule` = {value:?}: {message} (crontab syntax: minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\")"
+    )]
+    Schedule { value: String, message: String },
     #[error("step `{step}` uses unknown service `{service}`{hint}")]
     UnknownService { step: String, service: String, hint: String },
 }

@@ -51,6 +51,9 @@ pub struct Flow {
     pub secrets: Vec<String>,
     /// `[services.<name>]`; a called flow's join under their steps' prefix (`caller/api`).
     pub services: BTreeMap<String, std::sync::Arc<Service>>,
+    /// `schedule`: a crontab expression `runner schedule` starts runs by; `runner run`
+    /// ignores it.
+    pub schedule: Option<crate::schedule::Cron>,
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +261,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let secrets = secret_names(src, raw.secrets, &env)?;
     let defaults = Defaults::build(src, raw.defaults)?;
     let services = services::build(src, raw.services)?;
+    let schedule = raw.schedule.map(|s| schedule(src, &s)).transpose()?;
 
     if raw.steps.is_empty() {
         return Err(FlowError::whole_file(src.path, FlowErrorKind::NoSteps));
@@ -313,6 +317,21 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         profiles,
         secrets,
         services,
+        schedule,
+    })
+}
+
+/// `schedule = "…"`: parsed now, so a typo is a load error pointing at the character.
+fn schedule(src: &Source, raw: &Spanned<String>) -> Result<crate::schedule::Cron, FlowError> {
+    crate::schedule::Cron::parse(raw.get_ref()).map_err(|e| {
+        // The span starts at the opening quote: `"`, `'`, or three of them.
+        let at = raw.span().start;
+        let rest = src.text.get(at..).unwrap_or_default();
+        let quote = if rest.starts_with("\"\"\"") || rest.starts_with("'''") { 3 } else { 1 };
+        src.error_at(
+            at + quote + e.offset,
+            FlowErrorKind::Schedule { value: raw.get_ref().clone(), message: e.message },
+        )
     })
 }
 

@@ -30,6 +30,8 @@ pub struct RawFlow {
     /// `[services.<name>]`: background processes that steps use.
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, RawService>,
+    /// `schedule = "0 2 * * *"`: when `runner schedule` starts a run of the flow.
+    pub schedule: Option<Spanned<String>>,
 }
 
 /// `[services.<name>]`.

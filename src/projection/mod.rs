@@ -57,6 +57,8 @@ pub enum ProjectionError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::log::LogError),
 }
 
 /// An open projection database.
@@ -284,7 +286,27 @@ impl Projection {
             rows::delete_run(&self.conn, gone).map_err(|e| self.sql(e))?;
             result.removed += 1;
         }
+        match self.sync_schedule() {
+            Ok(_) => {}
+            Err(ProjectionError::Schedule(e)) => {
+                result.unreadable.push((crate::schedule::log::DECISIONS_FILE.into(), e.to_string()))
+            }
+            Err(e) => return Err(e),
+        }
         Ok(result)
+    }
+
+    /// Brings `schedule_decisions` up to date with `runs/.schedule/decisions.jsonl` (the
+    /// scheduler calls this after each decision; `catch_up` and `rebuild` do too).
+    pub fn sync_schedule(&mut self) -> Result<usize, ProjectionError> {
+        self.reopen_if_replaced()?;
+        let log = crate::schedule::log::read(&crate::schedule::log::path(self.runs.root()))?;
+        let path = self.path.clone();
+        let sql = |source| ProjectionError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let n = rows::sync_schedule_decisions(&tx, &log.entries).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(n)
     }
 
     /// Deletes the rows of run `run_id` that started at `started_at`, for `gc` once the

@@ -162,6 +162,12 @@ pub(super) fn rebuild_into(
         }
         Ok(())
     })?;
+    match crate::schedule::log::read(&crate::schedule::log::path(runs.root())) {
+        Ok(log) => {
+            rows::sync_schedule_decisions(&tx, &log.entries).map_err(sql)?;
+        }
+        Err(e) => stats.skipped.push((crate::schedule::log::DECISIONS_FILE.into(), e.to_string())),
+    }
     tx.execute_batch(INDEXES).map_err(sql)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
     tx.commit().map_err(sql)?;

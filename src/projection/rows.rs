@@ -8,9 +8,10 @@ use rusqlite::{Connection, params};
 
 use crate::journal::{Event, GateOutcome, Record};
 use crate::report;
+use crate::schedule::Entry as ScheduleEntry;
 use crate::state::{Approval, Attempt, Frame, Route, RunState, ServiceRun, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -181,6 +182,14 @@ CREATE TABLE events (
     data    TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE schedule_decisions (
+    seq        INTEGER PRIMARY KEY,
+    flow       TEXT NOT NULL,
+    slot       TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    decision   TEXT NOT NULL,
+    run_id     TEXT NOT NULL
+);
 ";
 
 /// Secondary indexes, created after a bulk load. Per-run queries use the primary keys;
@@ -193,6 +202,7 @@ CREATE INDEX receipts_by_key ON receipts (key);
 ";
 
 pub const DROP: &str = "
+DROP TABLE IF EXISTS schedule_decisions;
 DROP TABLE IF EXISTS services;
 DROP TABLE IF EXISTS receipts;
 DROP TABLE IF EXISTS gates;
@@ -221,6 +231,7 @@ pub const CANONICAL_ORDER: &[(&str, &str)] = &[
     ("receipts", "run_id, step_id, visit, attempt"),
     ("services", "run_id, name, instance"),
     ("events", "run_id, seq"),
+    ("schedule_decisions", "seq"),
 ];
 
 pub fn insert_events(conn: &Connection, run_id: &str, records: &[Record]) -> rusqlite::Result<()> {
@@ -700,6 +711,45 @@ impl Batch {
     }
 }
 
+/// Brings `schedule_decisions` up to date with the entries of the schedule log: appends
+/// the ones past the last row, or starts over when the rows are not a prefix of the log
+/// (it was deleted or replaced). Both the scheduler and a rebuild come through here.
+/// Returns how many rows were written.
+pub fn sync_schedule_decisions(conn: &Connection, entries: &[ScheduleEntry]) -> rusqlite::Result<usize> {
+    let (count, max): (i64, Option<i64>) =
+        conn.query_row("SELECT COUNT(*), MAX(seq) FROM schedule_decisions", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let mut have = max.unwrap_or(0).max(0) as usize;
+    let prefix = count as usize == have
+        && have <= entries.len()
+        && (have == 0 || {
+            let e = &entries[have - 1];
+            let row: Option<(String, String, String, String)> = conn
+                .query_row(
+                    "SELECT flow, slot, decided_at, run_id FROM schedule_decisions WHERE seq = ?1",
+                    [have as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .ok();
+            row == Some((e.flow.clone(), e.slot.clone(), e.decided_at.clone(), e.run_id.clone()))
+        });
+    if !prefix {
+        conn.execute("DELETE FROM schedule_decisions", [])?;
+        have = 0;
+    }
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO schedule_decisions (seq, flow, slot, decided_at, decision, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in &entries[have..] {
+        stmt.execute(params![e.seq as i64, e.flow, e.slot, e.decided_at, e.decision.as_str(), e.run_id])?;
+    }
+    Ok(entries.len() - have)
+}
+
+/// Deletes a run's rows. Not its `schedule_decisions`: those fold the schedule log, which
+/// keeps the decision after the run is gone (a rebuild would bring them back).
 pub fn delete_run(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
     for table in [
         "services",

@@ -17,6 +17,7 @@ mod ops;
 mod projection;
 mod receipts;
 mod reports;
+mod schedule;
 mod secrets;
 mod semantics;
 mod services;
