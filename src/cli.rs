@@ -74,7 +74,7 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show runs, or the steps of one run
     Status(StatusArgs),
-    /// Print the output of a run's steps
+    /// Print what a run's steps and services wrote (with --follow, as they write it)
     Logs(LogsArgs),
     /// Approve a step that waits for approval (a live run goes on at once, a paused one on its next resume or with --resume)
     Approve(DecideArgs),
