@@ -38,7 +38,7 @@ pub struct Global {
     /// Print more detail (process ids, paths)
     #[arg(short, long, global = true)]
     pub verbose: bool,
-    /// How `run` and `resume` show progress: bars on a terminal (auto: unless $CI is set),
+    /// How `run`, `resume` and `approve --resume` show progress: bars on a terminal (auto: unless $CI is set),
     /// or plain timestamped lines, one per event
     #[arg(long, global = true, value_name = "MODE", default_value = "auto", value_parser = ["auto", "bars", "plain"])]
     pub progress: String,

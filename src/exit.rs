@@ -56,6 +56,7 @@ Exit codes:
     3    run paused: waiting for a human approval
     4    run is locked by another live runner process
     70   internal error (a bug: please report it)
-    74   I/O error in the runs directory; nothing past it was acknowledged, resume later
+    74   I/O error in the runs directory (or a --junit/--metrics-file report that could not
+         be written); nothing past it was acknowledged, resume later
     130  interrupted by SIGINT; steps were stopped and the run is resumable
     143  interrupted by SIGTERM; steps were stopped and the run is resumable";

@@ -34,15 +34,23 @@ pub fn cancel(g: &Global, args: CancelArgs) -> Result<ExitCode, Error> {
             "run `{id}` is not running (no runner holds it); nothing to cancel. `runner status --run-id {id}` shows where it is"
         )));
     };
-    let req = CancelRequest { pid, by: by.clone(), at: crate::journal::now_ts() };
-    write_request(&dir, &req).map_err(io_at(dir.join(crate::store::cancel::CANCEL_FILE)))?;
     let raw =
         i32::try_from(pid).map_err(|_| Error::Usage(format!("the lock of run `{id}` names pid {pid}")))?;
-    if let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM) {
-        crate::store::cancel::clear(&dir);
-        return Err(Error::Usage(format!(
-            "cannot signal the runner of run `{id}` (pid {pid}): {e}. Is it in another container or owned by another user?"
-        )));
+    // A second SIGTERM tells a runner to kill its steps at once: when this runner has a
+    // request already, it is stopping, so wait for it rather than signal it again.
+    if crate::store::cancel::request_for(&dir, pid).is_some() {
+        if !g.quiet {
+            note(&format!("run {id} is already being cancelled; waiting for its runner (pid {pid})"));
+        }
+    } else {
+        let req = CancelRequest { pid, by: by.clone(), at: crate::journal::now_ts() };
+        write_request(&dir, &req).map_err(io_at(dir.join(crate::store::cancel::CANCEL_FILE)))?;
+        if let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM) {
+            crate::store::cancel::clear(&dir);
+            return Err(Error::Usage(format!(
+                "cannot signal the runner of run `{id}` (pid {pid}): {e}. Is it in another container or owned by another user?"
+            )));
+        }
     }
     if args.no_wait {
         if !g.quiet {

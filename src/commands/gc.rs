@@ -227,7 +227,7 @@ fn open_caught_up(runs: &RunsDir) -> Result<Projection, Error> {
 
 /// `--flow nightly` or `--flow flows/nightly.toml`: runs know their flow by the file's stem.
 fn flow_name(arg: &str) -> String {
-    Path::new(arg).file_stem().map_or_else(|| arg.to_string(), |s| s.to_string_lossy().into_owned())
+    crate::store::flow_name_of(arg)
 }
 
 /// Bytes in the files of a run's directory.
@@ -335,5 +335,7 @@ mod tests {
     fn flows_are_named_by_their_file_stem() {
         assert_eq!(flow_name("nightly"), "nightly");
         assert_eq!(flow_name("flows/nightly.toml"), "nightly");
+        assert_eq!(flow_name("etl.v2"), "etl.v2");
+        assert_eq!(flow_name("flows/etl.v2.toml"), "etl.v2");
     }
 }

@@ -21,6 +21,21 @@ pub fn logs(g: &Global, args: LogsArgs) -> Result<ExitCode, Error> {
         }
     }
     if args.follow {
+        // A name that is not in the run would follow nothing until the run ends: say so.
+        if let Some(step) = &args.step
+            && state.step(step).is_none()
+        {
+            let known: Vec<&str> = state.steps.iter().map(|s| s.id.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "run `{id}` has no step `{step}`; its steps are: {}",
+                known.join(", ")
+            )));
+        }
+        if let Some(name) = &args.service
+            && !state.services.iter().any(|s| s.service == *name)
+        {
+            return Err(Error::Usage(format!("run `{id}` has not started a service `{name}`")));
+        }
         let only = match (&args.step, &args.service) {
             (Some(s), _) => Some(crate::commands::follow::Only::Step(s.clone())),
             (_, Some(s)) => Some(crate::commands::follow::Only::Service(s.clone())),

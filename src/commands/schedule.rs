@@ -83,9 +83,13 @@ pub fn schedule(g: &Global, args: ScheduleArgs) -> Result<ExitCode, Error> {
     }
 
     let signal = Arc::new(AtomicI32::new(0));
-    let got = signal.clone();
-    crate::executor::forward_signals(move |s| got.store(s as i32, Ordering::SeqCst))
-        .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
+    let signals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (got, counted) = (signal.clone(), signals.clone());
+    crate::executor::forward_signals(move |s| {
+        got.store(s as i32, Ordering::SeqCst);
+        counted.fetch_add(1, Ordering::SeqCst);
+    })
+    .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
 
     let up_since = crate::faults::now();
     let zone = if args.utc { "UTC".to_string() } else { tz.iana_name().unwrap_or("local time").to_string() };
@@ -148,11 +152,18 @@ pub fn schedule(g: &Global, args: ScheduleArgs) -> Result<ExitCode, Error> {
     for c in &children {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.child.id() as i32), signal);
     }
-    for mut c in children {
-        match c.child.wait() {
-            Ok(status) => note(&format!("schedule: {} {} ended: {status}", c.flow, c.run_id)),
-            Err(e) => note(&format!("schedule: {} {}: {e}", c.flow, c.run_id)),
+    // Wait for them; a second signal is passed on at once (the runs then kill their steps).
+    let seen = signals.load(Ordering::SeqCst);
+    let mut forwarded = false;
+    while !children.is_empty() {
+        if !forwarded && signals.load(Ordering::SeqCst) > seen {
+            for c in &children {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.child.id() as i32), signal);
+            }
+            forwarded = true;
         }
+        reap(&mut children);
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(if signal == Signal::SIGINT { ExitCode::Interrupted } else { ExitCode::Terminated })
 }
@@ -182,6 +193,8 @@ impl Ctx<'_> {
         if self.g.quiet {
             cmd.arg("--quiet");
         }
+        // Runs started here print plain lines: no bars drawn over the scheduler's own.
+        cmd.arg("--progress").arg("plain");
         cmd.arg("run").arg(&flow.path).arg("--run-id").arg(run_id);
         if let Some(j) = self.args.jobs {
             cmd.arg("--jobs").arg(j.to_string());

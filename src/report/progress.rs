@@ -41,10 +41,10 @@ fn active() -> &'static Mutex<Option<MultiProgress>> {
 pub fn console_line(text: &str) {
     let guard = active().lock().unwrap_or_else(|e| e.into_inner());
     match guard.as_ref() {
-        Some(m) => {
+        Some(m) if !m.is_hidden() => {
             let _ = m.println(text);
         }
-        None => {
+        _ => {
             let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
     }

@@ -362,6 +362,9 @@ pub struct RunState {
     pub steps: Vec<StepState>,
     /// Every call frame, in push order; open ones have no `returned_at`.
     pub frames: Vec<Frame>,
+    /// Who cancelled the run (`runner cancel`), while it is interrupted by that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
     /// The gate profile chosen with `--profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
@@ -454,6 +457,7 @@ impl RunState {
             profile: e.profile.clone(),
             trigger_file: e.trigger_file.clone(),
             services: Vec::new(),
+            cancelled_by: None,
             index: Derived::default(),
         };
         state.reindex();
@@ -543,6 +547,7 @@ impl RunState {
                 self.status = RunStatus::Running;
                 self.finished_at = None;
                 self.signal = None;
+                self.cancelled_by = None;
                 for step in &mut self.steps {
                     step.session_attempts = 0;
                     step.retry_in_ms = None;
@@ -834,6 +839,7 @@ impl RunState {
                 self.status = RunStatus::Interrupted;
                 self.finished_at = Some(ts.clone());
                 self.signal = Some(e.signal.clone());
+                self.cancelled_by.clone_from(&e.cancelled_by);
             }
             Event::RunFinished(e) => {
                 self.status = match e.outcome {

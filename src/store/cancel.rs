@@ -26,9 +26,14 @@ pub fn write_request(run_dir: &Path, req: &CancelRequest) -> std::io::Result<()>
 
 /// The request meant for this process, if there is one.
 pub fn request_for_me(run_dir: &Path) -> Option<CancelRequest> {
+    request_for(run_dir, std::process::id())
+}
+
+/// The request meant for the runner with this pid, if there is one.
+pub fn request_for(run_dir: &Path, pid: u32) -> Option<CancelRequest> {
     let bytes = std::fs::read(run_dir.join(CANCEL_FILE)).ok()?;
     let req: CancelRequest = serde_json::from_slice(&bytes).ok()?;
-    (req.pid == std::process::id()).then_some(req)
+    (req.pid == pid).then_some(req)
 }
 
 /// Removes a request (handled, or left behind by a runner that died).

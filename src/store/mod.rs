@@ -200,8 +200,7 @@ impl RunsDir {
 
     /// The most recently started run, optionally only of the flow with this name.
     pub fn last(&self, flow: Option<&str>) -> Result<String, StoreError> {
-        let wanted = flow
-            .map(|f| Path::new(f).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let wanted = flow.map(flow_name_of);
         let mut best: Option<(String, String)> = None;
         for id in self.list()? {
             let Some((ts, started)) = read_run_started(&self.run_dir(id.as_str())) else { continue };
@@ -214,6 +213,14 @@ impl RunsDir {
         }
         best.map(|(_, id)| id).ok_or_else(|| StoreError::NoRuns { flow: wanted, dir: self.root.clone() })
     }
+}
+
+/// The flow a user means by `nightly`, `flows/nightly.toml` or `etl.v2`: runs know their
+/// flow by its file name without `.toml` (and only that suffix: `etl.v2` keeps its dot).
+pub fn flow_name_of(arg: &str) -> String {
+    let name =
+        Path::new(arg).file_name().map_or_else(|| arg.to_string(), |n| n.to_string_lossy().into_owned());
+    name.strip_suffix(".toml").map(str::to_string).unwrap_or(name)
 }
 
 /// Reads just the first journal line: when and how the run started.

@@ -24,6 +24,16 @@ fn runs_are_chosen_by_unique_prefix_or_last_and_status_filters_them() {
     env.run(&["logs", "--last", "flows/weekly.toml", "--step", "a"]).code(0).stdout_has("no output");
     env.run(&["verify", "--last"]).code(0);
     env.run(&["resume", "--last", "weekly"]).code(1);
+    // A flow whose name has a dot is still found by its name or its file.
+    let dotted = env.flow("etl.v2", "[[steps]]\nid = \"a\"\nrun = \"true\"\n");
+    env.run(&["run", &dotted, "--run-id", "dot-1"]).code(0);
+    env.run(&["status", "--last", "etl.v2"]).code(0).stdout_has("run:      dot-1");
+    env.run(&["status", "--last", "flows/etl.v2.toml"]).code(0).stdout_has("run:      dot-1");
+    // Following a step or service the run does not have is an error, not a silent wait.
+    env.run(&["logs", "--run-id", "dot-1", "--follow", "--step", "nope"])
+        .code(2)
+        .stderr_has("has no step `nope`");
+    env.run(&["logs", "--run-id", "dot-1", "-f", "--service", "api"]).code(2);
     // Filters.
     let listed = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["--json", "status"];
@@ -36,12 +46,13 @@ fn runs_are_chosen_by_unique_prefix_or_last_and_status_filters_them() {
             .map(|r| r["run_id"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    assert_eq!(listed(&[]), ["alpha-1", "alpha-2", "beta-1"]);
+    assert_eq!(listed(&[]), ["alpha-1", "alpha-2", "beta-1", "dot-1"]);
+    assert_eq!(listed(&["--flow", "etl.v2"]), ["dot-1"]);
     assert_eq!(listed(&["--flow", "nightly"]), ["alpha-1", "beta-1"]);
     assert_eq!(listed(&["--flow", "flows/weekly.toml"]), ["alpha-2"]);
     assert_eq!(listed(&["--status", "failed"]), ["alpha-2"]);
     assert_eq!(listed(&["--status", "succeeded", "--flow", "weekly"]), Vec::<String>::new());
-    assert_eq!(listed(&["--since", "1h"]).len(), 3);
+    assert_eq!(listed(&["--since", "1h"]).len(), 4);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(listed(&["--since", "1s"]), Vec::<String>::new());
     env.run(&["status", "--since", "1s"]).code(0).stdout_has("no runs match");

@@ -222,8 +222,7 @@ fn run_list(g: &Global, runs: &RunsDir, p: &Projection, args: &StatusArgs) -> Re
     }
     if let Some(flow) = &args.flow {
         // A flow file names its flow by its stem, as runs record it.
-        let name =
-            std::path::Path::new(flow).file_stem().map_or(flow.clone(), |s| s.to_string_lossy().into_owned());
+        let name = crate::store::flow_name_of(flow);
         values.push(name);
         filters.push(format!("flow = ?{}", values.len()));
     }

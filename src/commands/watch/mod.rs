@@ -234,8 +234,8 @@ impl Watch {
             None
         } else {
             let dir = self.runs.run_dir(&id);
-            let status = match crate::store::load_run(&dir, true, u64::MAX) {
-                Ok(loaded) => loaded.state.status,
+            let (status, cancelled_by) = match crate::store::load_run(&dir, true, u64::MAX) {
+                Ok(loaded) => (loaded.state.status, loaded.state.cancelled_by),
                 Err(e) => {
                     log(&format!("skipped {id} for {}: cannot read the run: {e}", canonical.display()));
                     return;
@@ -261,6 +261,14 @@ impl Watch {
                     return;
                 }
                 RunStatus::Failed => Some("failed before, --retry-failed"),
+                RunStatus::Interrupted if cancelled_by.is_some() => {
+                    log(&format!(
+                        "skipped {id} for {}: cancelled by {}; resume it by hand (`runner resume --run-id {id}`)",
+                        canonical.display(),
+                        cancelled_by.as_deref().unwrap_or_default()
+                    ));
+                    return;
+                }
                 RunStatus::Interrupted => Some("interrupted"),
                 RunStatus::Running if held(&dir) => {
                     // Someone else drives it (a watcher killed without its children, or a
