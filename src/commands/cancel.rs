@@ -28,7 +28,9 @@ pub fn cancel(g: &Global, args: CancelArgs) -> Result<ExitCode, Error> {
         None => user_name()?,
     };
     let live = || is_locked(&dir, &live_lock_holders());
-    let pid = std::fs::read_to_string(dir.join("lock")).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    let pid = std::fs::read_to_string(dir.join(crate::store::LOCK_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
     let (true, Some(pid)) = (live(), pid) else {
         return Err(Error::Usage(format!(
             "run `{id}` is not running (no runner holds it); nothing to cancel. `runner status --run-id {id}` shows where it is"

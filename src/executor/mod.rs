@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 pub use lines::LineSink;
-pub use process::{GATE_CLOSED_EXIT, Gated, Output, Program, SpawnSpec, signal_group, spawn_gated};
+pub use process::{
+    GATE_CLOSED_EXIT, Gated, Output, Program, SpawnSpec, drain_relays, signal_group, spawn_gated,
+};
 pub use reaper::{Exit, Reaper, Waiters};
 pub use signals::forward_signals;
 

@@ -115,6 +115,16 @@ pub fn spawn_gated(spec: SpawnSpec) -> io::Result<Gated> {
     Ok(Gated { pid, proc_start, gate, relays })
 }
 
+/// After a child's group has emptied: lets its log relays finish writing, for at most
+/// `limit`. Only a writer that escaped the group keeps a pipe open longer; its relay goes
+/// on writing after that, and the caller must not stall for it.
+pub fn drain_relays(relays: &[JoinHandle<()>], limit: std::time::Duration) {
+    let until = std::time::Instant::now() + limit;
+    while relays.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Copies a pipe into a log file, masking secrets, until every writer has closed it.
 fn relay(mut from: PipeReader, mut to: File, r: Arc<crate::secrets::Redactor>) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("log-relay".into()).spawn(move || {

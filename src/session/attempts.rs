@@ -29,10 +29,9 @@ use super::receipts::Lookup;
 const RECHECK: Duration = Duration::from_millis(50);
 /// After SIGKILL, how long to wait for a group before recording the attempt anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// How long an attempt's result waits for its log relays to drain once its group is
-/// empty: only a writer that escaped the group (`setsid`) keeps one open longer, and the
-/// relay goes on writing its lines after the result; the session must not stall for it.
-const RELAY_WAIT: Duration = Duration::from_millis(500);
+/// How long a result waits for its log relays to drain once its group is empty (see
+/// [`executor::drain_relays`]); services use it too.
+pub(super) const RELAY_WAIT: Duration = Duration::from_millis(500);
 
 /// What an attempt starts with: its definition, key, and why the cache was not used.
 pub(super) type Prepared = (crate::receipt::Definition, String, Option<String>);
@@ -442,10 +441,7 @@ impl Session {
         let Some((exit, ended)) = r.leader_exit else { return Ok(()) };
         // The logs are complete (and masked) before anything reads them; a writer that
         // escaped the group cannot hold the result back for long.
-        let until = Instant::now() + RELAY_WAIT;
-        while r.relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        executor::drain_relays(&r.relays, RELAY_WAIT);
         self.mask_attempt_files(r.step, r.visit, r.attempt);
         let step = &self.flow.steps[r.step];
         let step_id = step.id.clone();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::attempts::{Prepared, checked_after};
+use super::attempts::{Prepared, RELAY_WAIT, checked_after};
 use super::{Msg, Session, SessionError};
 use crate::executor::{self, Exit, Gated, LineSink, Output, Program, SpawnSpec};
 use crate::flow::{Service, param_env_name};
@@ -28,8 +28,6 @@ use crate::state::StepStatus;
 pub const SERVICES_DIR: &str = "services";
 /// After SIGKILL, how long to wait for a service's group before recording it anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// How long an exit waits for the service's log relays to drain.
-const RELAY_WAIT: Duration = Duration::from_millis(500);
 
 type Env = Vec<(String, String)>;
 
@@ -51,6 +49,8 @@ pub(super) struct Supervised {
     kill_at: Option<Instant>,
     killed_at: Option<Instant>,
     relays: Vec<JoinHandle<()>>,
+    /// Its environment, built once at the start, kept for a `cmd` health check.
+    env: Option<(Env, Vec<String>)>,
 }
 
 /// Every service of a session.
@@ -68,6 +68,8 @@ pub(super) struct Services {
     held: BTreeSet<usize>,
     /// What each held step will start with, worked out when it became ready.
     prepared: HashMap<usize, Box<Prepared>>,
+    /// The steps that use each service, for the plan of this many steps (a call grows it).
+    users: (usize, HashMap<String, Vec<usize>>),
 }
 
 /// Whether a step's services let it start.
@@ -220,6 +222,7 @@ impl Session {
                 kill_at: None,
                 killed_at: None,
                 relays,
+                env: def.health.as_ref().map(|_| (env.clone(), remove_env.clone())),
             },
         );
         self.services.gates.push((name.to_string(), gated));
@@ -269,17 +272,16 @@ impl Session {
             s.deadline = checked_after(now, s.def.start_timeout);
             gate.open();
             let Some(health) = s.def.health.clone() else { continue };
-            let (env, remove_env) =
-                self.service_env(&name, self.services.live[&name].instance).unwrap_or_default();
+            let (env, remove_env) = s.env.take().unwrap_or_default();
+            let (interval, instance) = (s.def.interval, s.instance);
             let spec = ProbeSpec {
                 health,
-                interval: self.services.live[&name].def.interval,
+                interval,
                 env,
                 remove_env,
                 workdir: std::path::PathBuf::from(&self.state.workdir),
             };
             let tx = self.tx.clone();
-            let instance = self.services.live[&name].instance;
             let service = name.clone();
             let prober = health::start(spec, self.reaper.waiters(), move |checks, result| {
                 let _ = tx.send(Msg::Health { service: service.clone(), instance, checks, result });
@@ -340,10 +342,9 @@ impl Session {
     /// while it stops, only the steps still running.
     fn service_needed(&self, name: &str, running: &BTreeSet<usize>) -> bool {
         let failing = self.sched.failing();
-        self.flow.steps.iter().enumerate().any(|(i, step)| {
-            if !step.services.iter().any(|n| n == name) {
-                return false;
-            }
+        let users = self.services.users.1.get(name).map_or(&[][..], Vec::as_slice);
+        users.iter().any(|&i| {
+            let step = &self.flow.steps[i];
             if running.contains(&i) {
                 return true;
             }
@@ -357,11 +358,27 @@ impl Session {
         })
     }
 
+    /// Maps each service to the steps that use it, once per size of the plan, so that
+    /// deciding whether a service is still needed does not walk every step of the flow.
+    fn refresh_users(&mut self) {
+        if self.services.users.0 == self.flow.steps.len() && !self.services.users.1.is_empty() {
+            return;
+        }
+        let mut users: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, step) in self.flow.steps.iter().enumerate() {
+            for name in &step.services {
+                users.entry(name.clone()).or_default().push(i);
+            }
+        }
+        self.services.users = (self.flow.steps.len(), users);
+    }
+
     /// Stops the services no step needs any more.
     pub(super) fn stop_unneeded_services(&mut self) {
         if self.services.live.is_empty() {
             return;
         }
+        self.refresh_users();
         // Held steps that will not start now (the run began failing) do not hold services.
         let failing = self.sched.failing();
         let gone: Vec<usize> = self
@@ -400,10 +417,7 @@ impl Session {
         s.prober = None;
         // Whatever is left of its group goes too; its last lines reach the log first.
         executor::signal_group(pid, Signal::SIGKILL);
-        let until = Instant::now() + RELAY_WAIT;
-        while s.relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        executor::drain_relays(&s.relays, RELAY_WAIT);
         let (exit_code, signal) = match exit {
             Exit::Code(c) => (Some(c), None),
             Exit::Signal(sig) => (None, Some(executor::signal_name(sig))),
@@ -465,6 +479,7 @@ impl Session {
         let used = self.services.restarts.get(&name).copied().unwrap_or(0);
         let failed = exit != Exit::Code(0);
         let running: BTreeSet<usize> = self.running.values().map(|r| r.step).collect();
+        self.refresh_users();
         let needed = self.service_needed(&name, &running);
         if failed && needed && used < s.def.max_restarts {
             self.services.restarts.insert(name.clone(), used + 1);

@@ -70,8 +70,9 @@ fn cancel_stops_a_live_run_from_another_shell_and_it_stays_resumable() {
 id = "long"
 run = '''
 echo $RUNNER_ATTEMPT >> attempts
+trap 'sleep 1; exit 1' TERM
 touch started
-[ -e done ] || sleep 30
+[ -e done ] || { sleep 30 & wait; }
 '''
 
 [[steps]]
@@ -82,7 +83,13 @@ run = "true"
     env.run(&["cancel", "--run-id", "nope"]).code(2).stderr_has("no run `nope`");
     let child = env.spawn(&["run", &flow, "--run-id", "cx"]);
     wait_for("the step to start", std::time::Duration::from_secs(20), || env.path().join("started").exists());
-    env.run(&["cancel", "--last", "--by", "alice"]).code(0).stderr_has("run cx cancelled");
+    // A second cancel while the first is under way waits; it does not hurry the steps.
+    let first = env.spawn(&["cancel", "--last", "--by", "alice"]);
+    wait_for("the request", std::time::Duration::from_secs(10), || {
+        env.run_dir("cx").join("cancel.request").exists()
+    });
+    env.run(&["cancel", "--run-id", "cx", "--by", "bob"]).code(0).stderr_has("already being cancelled");
+    finish(first, std::time::Duration::from_secs(10)).code(0).stderr_has("run cx cancelled");
     finish(child, std::time::Duration::from_secs(10)).code(143).stderr_has("run cx cancelled by alice");
     let journal = env.journal("cx");
     let last = journal.last().expect("events");
@@ -90,6 +97,8 @@ run = "true"
     assert_eq!(last["data"]["cancelled_by"], "alice");
     let stopped = journal.iter().find(|e| e["type"] == "StepInterrupted").expect("the step was stopped");
     assert_eq!(stopped["data"]["reason"], "cancelled");
+    // The step had its grace: stopped by SIGTERM, not killed at once by a second signal.
+    assert!(stopped["data"]["duration_ms"].as_u64().unwrap_or(0) >= 900, "{stopped}");
     assert!(!env.run_dir("cx").join("cancel.request").exists(), "the request is cleared once journaled");
     env.run(&["cancel", "--run-id", "cx"]).code(2).stderr_has("is not running");
     // The run resumes to the end; the stopped step runs again as a new attempt.
@@ -228,6 +237,10 @@ fn a_terminal_gets_progress_bars_and_a_summary_and_anything_else_plain_lines() {
         assert!(!screen.contains('\u{1b}'), "escape codes in plain mode:\n{screen}");
         assert!(screen.contains("slow: succeeded in"), "{screen}");
     }
+    // Bars asked for without a terminal are not drawn, and lose no line.
+    let forced = env.run(&["--progress", "bars", "run", &flow, "--run-id", "t6"]);
+    forced.code(1).stderr_has("fails: failed: exited with code 4").stderr_has("run t6 failed");
+    assert!(!forced.stderr.contains('\u{1b}'), "{}", forced.stderr);
     let piped = env.run(&["run", &flow, "--run-id", "t4"]);
     piped.code(1);
     assert!(!piped.stderr.contains('\u{1b}'), "{}", piped.stderr);

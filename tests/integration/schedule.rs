@@ -315,3 +315,25 @@ fn a_run_left_by_a_killed_scheduler_still_blocks_its_next_slot() {
     assert_eq!(env.run_ids(), [id, "held-20261204T0202"]);
     env.assert_rebuild_matches_live();
 }
+
+#[test]
+fn a_second_signal_reaches_the_runs_at_once() {
+    let env = Env::new();
+    // The step ignores SIGTERM within a long grace: only a second signal ends it quickly.
+    env.flow(
+        "stubborn",
+        "schedule = \"* * * * *\"\n\n[[steps]]\nid = \"hold\"\ngrace = \"30s\"\nrun = '''\ntrap '' TERM\necho start >> held.out\nwhile true; do sleep 0.05; done\n'''\n",
+    );
+    set_clock(&env, "2026-12-04T02:00:30Z");
+    let s = scheduler(&env, &[]);
+    wait_for("the run to start", LIMIT, || env.count("held.out") == 1);
+    let started = std::time::Instant::now();
+    signal(s.id(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(s.id(), Signal::SIGTERM);
+    finish(s, LIMIT).code(143);
+    assert!(started.elapsed() < Duration::from_secs(10), "the second signal did not reach the run");
+    // The run was stopped and recorded, so it stays resumable.
+    let id = "stubborn-20261204T0200";
+    assert!(env.events(id).iter().any(|e| e == "RunInterrupted"), "{:?}", env.events(id));
+}

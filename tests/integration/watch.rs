@@ -348,3 +348,29 @@ run = 'echo "$RUNNER_TRIGGER_FILE" >> done.log'
         .stderr_has("trigger file");
     env.run(&["run", &flow, "--run-id", "a1", "--trigger-file", "in/a.csv"]).code(0);
 }
+
+#[test]
+fn a_cancelled_run_is_left_to_the_person_who_cancelled_it() {
+    let env = Env::new();
+    inbox(&env);
+    let flow = env.flow(
+        "slow",
+        r#"
+[[steps]]
+id = "work"
+run = '''
+echo "$RUNNER_TRIGGER_FILE" >> tried.log
+[ -e go ] || { sleep 30 & wait; }
+'''
+"#,
+    );
+    env.write("inbox/a.csv", "1\n");
+    let w = watch(&env, &flow, &[]);
+    wait_for("a tried", LIMIT, || env.count("tried.log") == 1);
+    env.run(&["cancel", "--last", "--by", "carol"]).code(0);
+    stop(w);
+    let w = watch(&env, &flow, &[]);
+    linger();
+    stop(w).stderr_has("cancelled by carol");
+    assert_eq!(env.count("tried.log"), 1, "a cancelled run is not resumed by the watcher");
+}
