@@ -452,6 +452,7 @@ fn generate_run(opts: &Options, machine: &Machine, index: usize) -> Result<(Path
             journal_format: JOURNAL_FORMAT,
             profile: None,
             trigger_file: None,
+            executor: None,
             session: Session {
                 pid: session_pid,
                 host: machine.host.clone(),

@@ -164,7 +164,8 @@ pub struct RunArgs {
     /// Name the run; if a run with this id exists, it is resumed instead of started again
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
-    /// How many steps may run at once (default: number of CPUs)
+    /// How many local steps may run at once (default: number of CPUs; Slurm steps are
+    /// bounded by [slurm] max_jobs instead)
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
     /// Check gates with the thresholds of this profile ([profiles.NAME] in the flow)
@@ -180,6 +181,11 @@ pub struct RunArgs {
     /// Read values of the flow's secrets from this dotenv file (it wins over the environment)
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// Where steps run that set no `executor` themselves: `local`, or `slurm` (submitted
+    /// with sbatch; the runs directory must be on a filesystem the nodes share). It wins
+    /// over [defaults] executor, and a resume keeps it
+    #[arg(long, value_name = "EXECUTOR", value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
     #[command(flatten)]
     pub reports: ReportArgs,
 }

@@ -349,6 +349,7 @@ mod tests {
                 journal_format: 1,
                 profile: None,
                 trigger_file: None,
+                executor: None,
                 session: Session {
                     pid: 1,
                     host: "h".into(),

@@ -116,6 +116,7 @@ fn story() -> Vec<Event> {
             session: session(4242),
             profile: None,
             trigger_file: None,
+            executor: None,
         }),
         started("extract", 1, 5000),
         failed("extract", 1, FailReason::Exit, "exited with code 1", Some(1000)),

@@ -66,6 +66,7 @@ fn run_started(run_id: &str, steps: &[String]) -> Event {
         session: session(1),
         profile: None,
         trigger_file: None,
+        executor: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub fn decide(g: &Global, args: DecideArgs, decision: Decision) -> Result<ExitCo
     let verdict =
         Verdict { step: args.step.clone(), decision, by: by.clone(), comment: args.comment, visit: None };
     let opts = SessionOptions {
+        executor: None,
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
         accept_flow_change: false,

@@ -13,6 +13,7 @@ pub fn resume(g: &Global, args: ResumeArgs) -> Result<ExitCode, Error> {
     let reports = Reports::new(&args.reports);
     reports.check()?;
     let opts = SessionOptions {
+        executor: None,
         jobs: jobs(args.jobs),
         verbosity: g.verbosity(),
         accept_flow_change: args.accept_flow_change,

@@ -34,6 +34,8 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         )));
     }
     let trigger_file = args.trigger_file.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let executor = args.executor.as_deref().and_then(crate::flow::ExecutorKind::parse);
+    check_executors(&flow, executor)?;
     let reports = Reports::new(&args.reports);
     reports.check()?;
     let opts = SessionOptions {
@@ -45,6 +47,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<ExitCode, Error> {
         no_cache: args.no_cache,
         env_file: args.env_file.clone(),
         progress: g.progress(),
+        executor,
     };
     // Every secret must have a value before anything is created (they are looked up again
     // by the session that drives the run, and never stored).
@@ -138,6 +141,35 @@ fn same_run(
             flow.path.display(),
             runs.run_dir(id).join(crate::store::FLOW_COPY).display()
         ));
+    }
+    Ok(())
+}
+
+/// Steps that go to Slurm need its CLI here, and cannot use services (they run on this
+/// machine, the job on a node): both are refused before anything is created.
+fn check_executors(flow: &Flow, executor: Option<crate::flow::ExecutorKind>) -> Result<(), Error> {
+    let remote: Vec<&crate::flow::Step> = flow
+        .steps
+        .iter()
+        .filter(|s| s.call.is_none() && s.executor_with(executor) == crate::flow::ExecutorKind::Slurm)
+        .collect();
+    if let Some(step) = remote.iter().find(|s| !s.services.is_empty()) {
+        return Err(Error::Usage(format!(
+            "{}: step `{}` runs on Slurm but uses services ({}); services run on this machine, \
+             so a step that needs one must run here: give it `executor = \"local\"`",
+            flow.path.display(),
+            step.id,
+            step.services.join(", ")
+        )));
+    }
+    if !remote.is_empty() && !crate::executor::slurm::available() {
+        return Err(Error::Usage(format!(
+            "{}: {} step(s) run on Slurm (e.g. `{}`), but `sbatch` is not on PATH; install the \
+             Slurm client, or run them here with --executor local",
+            flow.path.display(),
+            remote.len(),
+            remote[0].id
+        )));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod process;
 pub mod procfs;
 mod reaper;
 mod signals;
+pub mod slurm;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -40,8 +41,11 @@ pub fn stop_leftovers(
         }
     }
     // (pid, start time): a pid that is reused meanwhile is not the same process.
+    // A Slurm job's processes carry the variable too when this machine is also a node:
+    // they are the cluster's to run and stop, and a resume re-attaches to them.
     let strays: Vec<(i32, u64)> = procfs::with_env("RUNNER_RUN_DIR", run_dir)
         .into_iter()
+        .filter(|pid| procfs::env_var(*pid, "RUNNER_EXECUTOR").is_none())
         .filter_map(|pid| procfs::start_time(pid).map(|start| (pid, start)))
         .collect();
     for (pid, _) in &strays {

@@ -100,6 +100,8 @@ pub enum FlowErrorKind {
         "invalid `schedule` = {value:?}: {message} (crontab syntax: minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\")"
     )]
     Schedule { value: String, message: String },
+    #[error("`{field}`: {message}")]
+    Slurm { field: String, message: String },
     #[error("step `{step}` uses unknown service `{service}`{hint}")]
     UnknownService { step: String, service: String, hint: String },
 }

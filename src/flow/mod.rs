@@ -6,6 +6,7 @@ mod params;
 mod raw;
 mod routes;
 mod services;
+mod slurm;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub use error::{FlowError, FlowErrorKind, Pos};
 pub use params::{ParamError, param_env_name, parse_param_args};
 use raw::{RawFlow, RawRule, RawStep};
 pub use services::{Check, Health, Service};
+pub use slurm::{DEFAULT_MAX_JOBS, DEFAULT_POLL, ExecutorKind, SlurmLimits, SlurmOptions, slurm_time};
 
 /// Grace between SIGTERM and SIGKILL when a step is stopped, unless the step sets `grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -54,6 +56,8 @@ pub struct Flow {
     /// `schedule`: a crontab expression `runner schedule` starts runs by; `runner run`
     /// ignores it.
     pub schedule: Option<crate::schedule::Cron>,
+    /// `[slurm] max_jobs` and `poll` (of the main flow: they are the run's).
+    pub slurm: SlurmLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +112,19 @@ pub struct Step {
     pub secrets: Vec<String>,
     /// Names of the services that must be healthy while it runs.
     pub services: Vec<String>,
+    /// `executor` of the step itself: it wins over everything else.
+    pub executor: Option<ExecutorKind>,
+    /// `[defaults] executor`: used when neither the step nor `--executor` says.
+    pub default_executor: Option<ExecutorKind>,
+    /// The flow's `[slurm]` options with the step's own over them, when either has any.
+    pub slurm: Option<Box<SlurmOptions>>,
+}
+
+impl Step {
+    /// Where the step runs, given the run's `--executor`.
+    pub fn executor_with(&self, run: Option<ExecutorKind>) -> ExecutorKind {
+        self.executor.or(run).or(self.default_executor).unwrap_or(ExecutorKind::Local)
+    }
 }
 
 /// Who must approve a step, and what they are told.
@@ -262,6 +279,10 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let defaults = Defaults::build(src, raw.defaults)?;
     let services = services::build(src, raw.services)?;
     let schedule = raw.schedule.map(|s| schedule(src, &s)).transpose()?;
+    let (slurm, slurm_limits) = match raw.slurm {
+        Some(t) => slurm::build(src, "slurm", t, true)?,
+        None => Default::default(),
+    };
 
     if raw.steps.is_empty() {
         return Err(FlowError::whole_file(src.path, FlowErrorKind::NoSteps));
@@ -283,7 +304,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
     let mut steps = Vec::with_capacity(raw.steps.len());
     let mut need_spans = Vec::with_capacity(raw.steps.len());
     let mut rules = Vec::with_capacity(raw.steps.len());
-    let scope = Scope { src, index: &index, params: &params, services: &services };
+    let scope = Scope { src, index: &index, params: &params, services: &services, slurm: &slurm };
     for (i, step) in raw.steps.into_iter().enumerate() {
         let (step, spans, raw_rules) = build_step(&scope, &defaults, i, step.into_inner())?;
         steps.push(step);
@@ -318,6 +339,7 @@ fn build(src: &Source, raw: RawFlow, hash: String) -> Result<Flow, FlowError> {
         secrets,
         services,
         schedule,
+        slurm: slurm_limits,
     })
 }
 
@@ -370,6 +392,7 @@ struct Defaults {
     timeout: Option<Duration>,
     retries: Option<(u32, Duration)>,
     grace: Option<Duration>,
+    executor: Option<ExecutorKind>,
 }
 
 impl Defaults {
@@ -380,6 +403,7 @@ impl Defaults {
             timeout: raw.timeout.map(|t| duration(src, "defaults.timeout", &t, false)).transpose()?,
             retries: raw.retries.map(|r| retries(src, r)).transpose()?,
             grace: raw.grace.map(|g| duration(src, "defaults.grace", &g, true)).transpose()?,
+            executor: raw.executor.map(|e| slurm::kind(src, "defaults.executor", &e)).transpose()?,
         })
     }
 }
@@ -476,6 +500,8 @@ pub(crate) struct Scope<'a> {
     index: &'a HashMap<String, (usize, usize)>,
     params: &'a BTreeMap<String, Param>,
     services: &'a BTreeMap<String, std::sync::Arc<Service>>,
+    /// The flow's `[slurm]` options, under each step's own.
+    slurm: &'a SlurmOptions,
 }
 
 impl Scope<'_> {
@@ -684,6 +710,16 @@ fn build_step(
         Some(c) => c,
         None => defaults.cache && !is_call,
     };
+    let executor = match raw.executor {
+        Some(_) if is_call => return Err(not_for_call("executor")),
+        Some(e) => Some(slurm::kind(src, "executor", &e)?),
+        None => None,
+    };
+    let slurm = match raw.slurm {
+        Some(_) if is_call => return Err(not_for_call("slurm")),
+        Some(t) => Some(scope.slurm.merged(&slurm::build(src, "slurm", t, false)?.0)),
+        None => (scope.slurm != &SlurmOptions::default()).then(|| scope.slurm.clone()),
+    };
     let cond = match &raw.cond {
         Some(c) => Some(scope.condition("if", c)?),
         None => None,
@@ -722,6 +758,9 @@ fn build_step(
         cache,
         secrets,
         services,
+        executor,
+        default_executor: if is_call { None } else { defaults.executor },
+        slurm: slurm.map(Box::new),
     };
     Ok((step, spans, raw.next.unwrap_or_default()))
 }

@@ -32,6 +32,21 @@ pub struct RawFlow {
     pub services: BTreeMap<Spanned<String>, RawService>,
     /// `schedule = "0 2 * * *"`: when `runner schedule` starts a run of the flow.
     pub schedule: Option<Spanned<String>>,
+    /// `[slurm]`: sbatch options for every step that runs on Slurm.
+    pub slurm: Option<Spanned<RawSlurm>>,
+}
+
+/// `[slurm]` of a flow, or `slurm = { … }` of a step.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlurm {
+    pub partition: Option<Spanned<String>>,
+    pub time: Option<Spanned<String>>,
+    pub cpus: Option<Spanned<i64>>,
+    pub mem: Option<Spanned<String>>,
+    pub args: Option<Vec<Spanned<String>>>,
+    pub max_jobs: Option<Spanned<i64>>,
+    pub poll: Option<Spanned<String>>,
 }
 
 /// `[services.<name>]`.
@@ -78,6 +93,7 @@ pub struct RawDefaults {
     pub timeout: Option<Spanned<String>>,
     pub retries: Option<RawRetries>,
     pub grace: Option<Spanned<String>>,
+    pub executor: Option<Spanned<String>>,
 }
 
 /// `gate = { pass = "…", warn = "…" }`.
@@ -162,6 +178,8 @@ pub struct RawStep {
     pub cache: Option<bool>,
     pub secrets: Option<Vec<Spanned<String>>>,
     pub services: Option<Vec<Spanned<String>>>,
+    pub executor: Option<Spanned<String>>,
+    pub slurm: Option<Spanned<RawSlurm>>,
 }
 
 /// `on_failure = { call = "flows/cleanup.toml", with = { … }, then = "retry" }`.

@@ -54,6 +54,10 @@ events! {
     /// The run continues with an edited copy of its flow, as a user explicitly accepted.
     FlowChanged(FlowChanged),
     StepStarted(StepStarted),
+    /// An attempt went to a cluster as a job (held until this is durable, then released).
+    StepSubmitted(StepSubmitted),
+    /// A submitted job was seen running, on this node.
+    JobRunning(JobRunning),
     StepSucceeded(StepSucceeded),
     /// A successful receipt with the step's key was reused instead of running it.
     StepCached(StepCached),
@@ -93,6 +97,8 @@ impl Event {
     pub fn step(&self) -> Option<&str> {
         match self {
             Event::StepStarted(e) => Some(&e.step),
+            Event::StepSubmitted(e) => Some(&e.step),
+            Event::JobRunning(e) => Some(&e.step),
             Event::StepSucceeded(e) => Some(&e.step),
             Event::StepCached(e) => Some(&e.step),
             Event::StepFailed(e) => Some(&e.step),
@@ -118,6 +124,8 @@ impl Event {
     pub fn attempt(&self) -> Option<(u32, u32)> {
         match self {
             Event::StepStarted(e) => Some((e.visit, e.attempt)),
+            Event::StepSubmitted(e) => Some((e.visit, e.attempt)),
+            Event::JobRunning(e) => Some((e.visit, e.attempt)),
             Event::StepSucceeded(e) => Some((e.visit, e.attempt)),
             Event::StepCached(e) => Some((e.visit, e.attempt)),
             Event::StepFailed(e) => Some((e.visit, e.attempt)),
@@ -175,6 +183,9 @@ pub struct RunStarted {
     /// arriving file). Journaled so that a resume gives steps the same `RUNNER_TRIGGER_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_file: Option<String>,
+    /// `--executor`: where steps run that say nothing themselves (a resume keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<crate::flow::ExecutorKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -216,6 +227,31 @@ pub struct StepStarted {
     /// its output files changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSubmitted {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub executor: crate::flow::ExecutorKind,
+    /// The cluster's id of the job (Slurm's job id).
+    pub job_id: String,
+    /// The job's name on the cluster, which names the run and the attempt.
+    pub job_name: String,
+    /// As in `StepStarted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRunning {
+    pub step: String,
+    pub visit: u32,
+    pub attempt: u32,
+    pub node: String,
 }
 
 /// The hashes of an attempt's `receipt.json`.
@@ -357,6 +393,9 @@ pub enum FailReason {
     Inputs,
     /// A service the step uses did not become healthy, or died while the step ran.
     Service,
+    /// The cluster ended the job without the runner asking: its time limit, a node
+    /// failure, preemption, or an `scancel` from outside.
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -441,6 +480,8 @@ pub enum InterruptReason {
     RunnerDied,
     /// Someone ran `runner cancel`: stopped like on SIGTERM.
     Cancelled,
+    /// A cluster job vanished without leaving its exit code: it ran, but its result is lost.
+    JobLost,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use crate::report;
 use crate::schedule::Entry as ScheduleEntry;
 use crate::state::{Approval, Attempt, Frame, Route, RunState, ServiceRun, StepState, StepStatus};
 
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 pub const TABLES: &str = "
 CREATE TABLE runs (
@@ -63,6 +63,9 @@ CREATE TABLE attempts (
     started_at  TEXT,
     finished_at TEXT,
     duration_ms INTEGER,
+    executor    TEXT NOT NULL,
+    job_id      TEXT,
+    node        TEXT,
     PRIMARY KEY (run_id, step_id, visit, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE outputs (
@@ -495,8 +498,8 @@ pub fn upsert_steps<'a, 'b: 'a>(
     )?;
     let mut attempt_stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, step_id, visit, attempt, status, exit_code,
-            signal, reason, message, pid, started_at, finished_at, duration_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            signal, reason, message, pid, started_at, finished_at, duration_ms, executor, job_id, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
     for step in steps {
         step_stmt.execute(params![
@@ -596,6 +599,9 @@ pub fn upsert_steps<'a, 'b: 'a>(
                 a.started_at,
                 a.finished_at,
                 a.duration_ms.map(|d| d as i64),
+                a.executor(),
+                a.job.as_ref().map(|j| j.job_id.as_str()),
+                a.job.as_ref().and_then(|j| j.node.as_deref()),
             ])?;
             for (key, value) in &a.outputs {
                 output_stmt.execute(params![run_id, step.id, a.visit, a.attempt, key, value])?;

@@ -103,14 +103,21 @@ impl Reporter {
             // The bars show starts and ends; lines are for what needs reading.
             match &record.event {
                 Event::StepStarted(e) => bars.started(&visit_label(&e.step, e.visit), e.attempt),
+                Event::StepSubmitted(e) => bars.started(&visit_label(&e.step, e.visit), e.attempt),
                 Event::StepSucceeded(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
                 Event::StepFailed(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
                 Event::StepInterrupted(e) => bars.ended(&visit_label(&e.step, e.visit), e.attempt),
                 _ => {}
             }
             bars.set_done(done_steps(state), state.steps.len() as u64);
-            if matches!(record.event, Event::StepStarted(_) | Event::StepSucceeded(_) | Event::StepSkipped(_))
-            {
+            if matches!(
+                record.event,
+                Event::StepStarted(_)
+                    | Event::StepSubmitted(_)
+                    | Event::JobRunning(_)
+                    | Event::StepSucceeded(_)
+                    | Event::StepSkipped(_)
+            ) {
                 return;
             }
         }
@@ -125,6 +132,16 @@ impl Reporter {
                     text.push_str(&format!(" [pid {}]", e.pid));
                 }
                 self.line(&text);
+            }
+            Event::StepSubmitted(e) if !quiet => {
+                let mut text = format!("{}: submitted to {} as job {}", visit_label(&e.step, e.visit), e.executor.as_str(), e.job_id);
+                if e.attempt > 1 {
+                    text.push_str(&format!(" (attempt {})", e.attempt));
+                }
+                self.line(&text);
+            }
+            Event::JobRunning(e) if self.verbosity == Verbosity::Verbose => {
+                self.line(&format!("{}: running on {}", visit_label(&e.step, e.visit), e.node));
             }
             Event::StepSucceeded(e) if !quiet => {
                 self.line(&format!(
@@ -190,7 +207,8 @@ impl Reporter {
                 self.show_tail(&e.step, e.visit, e.attempt);
             }
             Event::StepInterrupted(e) if !quiet => {
-                self.line(&format!("{}: interrupted (attempt {})", e.step, e.attempt));
+                let why = if e.reason == crate::journal::InterruptReason::JobLost { ", its job was lost" } else { "" };
+                self.line(&format!("{}: interrupted (attempt {}{why})", e.step, e.attempt));
             }
             Event::JournalRepaired(e) => self.warn(&format!(
                 "the journal ended in a partly written line (a crash mid-write); cut {} bytes and kept them in {}",

@@ -60,10 +60,20 @@ pub(super) struct Running {
     pub relays: Vec<std::thread::JoinHandle<()>>,
     /// A service it uses died while it ran: it is being stopped, and fails with this.
     pub service_lost: Option<String>,
+    /// A cluster job the cluster ended, or that vanished: how.
+    pub cluster: Option<ClusterEnd>,
+}
+
+/// How a cluster ended a job that left no exit code of its own.
+pub(super) enum ClusterEnd {
+    /// Its time limit, a node failure, preemption, an `scancel` from outside.
+    Cancelled(String),
+    /// Gone without a trace: it may have run; its result is lost.
+    Lost(String),
 }
 
 impl Running {
-    fn new(step: usize, visit: u32, attempt: u32) -> Running {
+    pub(super) fn new(step: usize, visit: u32, attempt: u32) -> Running {
         Running {
             step,
             visit,
@@ -79,6 +89,7 @@ impl Running {
             definition: None,
             relays: Vec::new(),
             service_lost: None,
+            cluster: None,
         }
     }
 }
@@ -94,13 +105,20 @@ impl Session {
             let mut skips = Vec::new();
             let released = std::mem::take(&mut self.released);
             let settle = std::mem::take(&mut self.settle);
+            let mut remote_starts = 0;
             for idx in self.sched.candidates().chain(released) {
+                let remote = self.is_remote(idx);
                 // A step held for its services takes no slot: others may start meanwhile.
                 let held = starts.iter().filter(|i| self.services.is_held(**i)).count();
-                let full = self.running.len() + starts.len() - held >= self.jobs;
+                let full = if remote {
+                    self.remote.len() + remote_starts >= self.flow.slurm.max_jobs
+                } else {
+                    self.running.len() + starts.len() - remote_starts - held >= self.jobs
+                };
                 match decide(&self.flow, &self.state, idx, failing, settle) {
                     Action::Skip(reason) => skips.push((idx, reason)),
                     Action::Start if !full && self.retry_at.get(&idx).is_none_or(|at| *at <= now) => {
+                        remote_starts += usize::from(remote);
                         starts.push(idx)
                     }
                     Action::Start | Action::Wait => {}
@@ -129,6 +147,11 @@ impl Session {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether step `idx` runs its command as a cluster job.
+    fn is_remote(&self, idx: usize) -> bool {
+        self.flow.steps[idx].call.is_none() && self.executor_of(idx) == crate::flow::ExecutorKind::Slurm
     }
 
     /// Whether anything can still start or be decided (a retry waiting for its time counts).
@@ -173,6 +196,12 @@ impl Session {
         }
         let step_id = self.flow.steps[idx].id.clone();
         let (visit, attempt) = (self.state.steps[idx].next_visit(), self.state.steps[idx].next_attempt());
+        if self.is_remote(idx) {
+            return match self.prepare(idx, visit, attempt)? {
+                Some(p) => self.submit(idx, visit, attempt, p),
+                None => Ok(()),
+            };
+        }
         // A step held for its services keeps the definition it was ready with.
         let (definition, key, cache) = match self.services.take_prepared(idx) {
             Some(p) => *p,
@@ -437,7 +466,7 @@ impl Session {
         Ok(())
     }
 
-    fn record_result(&mut self, mut r: Running) -> Result<(), SessionError> {
+    pub(super) fn record_result(&mut self, mut r: Running) -> Result<(), SessionError> {
         let Some((exit, ended)) = r.leader_exit else { return Ok(()) };
         // The logs are complete (and masked) before anything reads them; a writer that
         // escaped the group cannot hold the result back for long.
@@ -536,6 +565,26 @@ impl Session {
                 signal_of(exit),
                 format!("timed out after {}", human(timeout.unwrap_or_default())),
             ),
+            _ if matches!(r.cluster, Some(ClusterEnd::Lost(_))) => {
+                if let Some(ClusterEnd::Lost(message)) = &r.cluster {
+                    self.report.warn(&format!("step `{step_id}` attempt {attempt}: {message}"));
+                }
+                return self.record(Event::StepInterrupted(StepInterrupted {
+                    step: step_id,
+                    visit,
+                    attempt,
+                    reason: InterruptReason::JobLost,
+                    leftover_stopped: None,
+                    duration_ms: Some(duration_ms),
+                }));
+            }
+            _ if matches!(r.cluster, Some(ClusterEnd::Cancelled(_))) => {
+                let message = match r.cluster.take() {
+                    Some(ClusterEnd::Cancelled(m)) => m,
+                    _ => String::new(),
+                };
+                (FailReason::Cancelled, None, None, message)
+            }
             (Exit::Code(c), None) => (FailReason::Exit, Some(c), None, format!("exited with code {c}")),
             (Exit::Signal(s), None) => (
                 FailReason::Signal,
@@ -663,14 +712,14 @@ impl Session {
             self.stop = Some(sig);
             self.cancelled_by = crate::store::cancel::request_for_me(&self.dir).map(|r| r.by);
             self.retry_at.clear();
-            if !self.running.is_empty() {
+            if !self.running.is_empty() || !self.remote.is_empty() {
                 let why = match &self.cancelled_by {
                     Some(by) => format!("cancelled by {by}"),
                     None => format!("received {}", executor::signal_name(sig)),
                 };
                 self.report.info(&format!(
                     "{why}: stopping {} running step(s); send the signal again to kill them at once",
-                    self.running.len()
+                    self.running.len() + self.remote.len()
                 ));
             }
             for (pid, r) in &mut self.running {
@@ -680,11 +729,13 @@ impl Session {
                     executor::signal_group(*pid, Signal::SIGTERM);
                 }
             }
+            self.stop_jobs(false);
         } else {
             for (pid, r) in &mut self.running {
                 kill_now(*pid, r, now);
             }
             self.kill_services_now();
+            self.stop_jobs(true);
         }
     }
 
@@ -710,6 +761,7 @@ impl Session {
             }
         }
         self.check_service_timers()?;
+        self.check_job_timers();
         self.record_finished()
     }
 
@@ -729,7 +781,13 @@ impl Session {
         // While a step waits for approval, its verdict may arrive in the inbox.
         let inbox = (self.stop.is_none() && self.state.count(crate::state::StepStatus::Waiting) > 0)
             .then(|| Instant::now() + super::approvals::INBOX_POLL);
-        timers.chain(retries).flatten().chain(inbox).chain(self.next_service_wake()).min()
+        timers
+            .chain(retries)
+            .flatten()
+            .chain(inbox)
+            .chain(self.next_service_wake())
+            .chain(self.next_job_wake())
+            .min()
     }
 }
 

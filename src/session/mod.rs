@@ -10,6 +10,7 @@ mod approvals;
 mod attempts;
 mod calls;
 mod env;
+mod jobs;
 mod open;
 mod receipts;
 mod routing;
@@ -89,6 +90,8 @@ enum Msg {
         checks: u32,
         result: Result<(), String>,
     },
+    /// What the Slurm poller learned about the run's jobs.
+    Jobs(Vec<crate::executor::slurm::Update>),
 }
 
 /// A run, locked by this process, ready to be driven.
@@ -108,6 +111,8 @@ pub struct Session {
     reaper: Reaper,
     services: services::Services,
     running: HashMap<i32, Running>,
+    /// Attempts running as cluster jobs.
+    remote: jobs::Jobs,
     gates: Vec<(i32, Gated)>,
     retry_at: HashMap<usize, Instant>,
     /// The signal that asked for a graceful stop, once one did.
@@ -214,6 +219,7 @@ impl Session {
             reaper,
             services: services::Services::default(),
             running: HashMap::new(),
+            remote: jobs::Jobs::default(),
             gates: Vec::new(),
             retry_at: HashMap::new(),
             stop: None,
@@ -251,7 +257,7 @@ impl Session {
             }
             self.commit()?;
             self.stop_unneeded_services();
-            if self.running.is_empty() {
+            if self.running.is_empty() && self.remote.is_empty() {
                 if let Some(signal) = self.stop {
                     self.stop_all_services(&format!(
                         "the run was stopped by {}",
@@ -325,6 +331,7 @@ impl Session {
             Msg::Health { service, instance, checks, result } => {
                 self.on_health(&service, instance, checks, result)
             }
+            Msg::Jobs(updates) => self.on_jobs(updates),
         }
     }
 
@@ -431,6 +438,7 @@ impl Session {
             }
             gate.open();
         }
+        self.release_submitted();
         for r in &records {
             self.report.event(r, &self.state);
         }

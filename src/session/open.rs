@@ -40,6 +40,8 @@ pub struct SessionOptions {
     pub env_file: Option<PathBuf>,
     /// Bars on a terminal, or plain lines.
     pub progress: crate::report::Progress,
+    /// `--executor` for a new run (a resumed run keeps the one it started with).
+    pub executor: Option<crate::flow::ExecutorKind>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,7 @@ pub fn start_new(
     opts: &SessionOptions,
 ) -> Result<Result<Session, Flow>, OpenError> {
     let started = RunStarted {
+        executor: opts.executor,
         run_id,
         flow: flow.name.clone(),
         flow_path: flow_path.to_string_lossy().into_owned(),
@@ -322,11 +325,25 @@ impl Session {
     /// whatever of it still runs, so two attempts of a step never overlap.
     fn interrupt_leftovers(&mut self) -> Result<(), SessionError> {
         let boot = procfs::boot_id();
+        // A cluster job goes on without its runner: it is watched again, not interrupted.
+        let jobs: Vec<(usize, u32, u32, String, bool)> = self
+            .state
+            .running_steps()
+            .filter_map(|s| {
+                let a = s.last_attempt()?;
+                let job = a.job.as_ref()?;
+                let idx = self.state.step_pos(&s.id)?;
+                Some((idx, a.visit, a.attempt, job.job_id.clone(), job.node.is_some()))
+            })
+            .collect();
         let in_flight: Vec<StepInterrupted> = self
             .state
             .running_steps()
             .filter_map(|s| {
                 let a = s.last_attempt()?;
+                if a.job.is_some() {
+                    return None;
+                }
                 Some(StepInterrupted {
                     step: s.id.clone(),
                     visit: a.visit,
@@ -424,6 +441,6 @@ impl Session {
             let names: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
             self.report.warn(&format!("stopped processes that steps {} had left behind", names.join(", ")));
         }
-        Ok(())
+        self.reattach_jobs(jobs)
     }
 }

@@ -603,7 +603,8 @@ impl Session {
                         s.killed_at.get_or_insert(Instant::now());
                     }
                 }
-                Ok(Msg::Health { .. }) | Err(_) => {}
+                // (No job is in flight once services stop.)
+                Ok(Msg::Health { .. } | Msg::Jobs(_)) | Err(_) => {}
             }
             self.check_service_timers()?;
         }

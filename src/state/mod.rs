@@ -152,6 +152,20 @@ pub struct Attempt {
     /// For a step with `cache = true`: what the cache said (one pointer for the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Box<CacheNote>>,
+    /// For an attempt that ran as a cluster job: which job, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Box<Job>>,
+}
+
+/// A cluster job that ran an attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub executor: crate::flow::ExecutorKind,
+    pub job_id: String,
+    pub job_name: String,
+    /// The node it ran on, once it was seen running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What the cache said about an attempt of a step with `cache = true`.
@@ -195,7 +209,13 @@ impl Attempt {
             gate: None,
             receipt: None,
             cache: None,
+            job: None,
         }
+    }
+
+    /// `local`, or the cluster executor that ran it.
+    pub fn executor(&self) -> &'static str {
+        self.job.as_ref().map_or("local", |j| j.executor.as_str())
     }
 }
 
@@ -372,6 +392,9 @@ pub struct RunState {
     /// `RUNNER_TRIGGER_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_file: Option<String>,
+    /// `--executor`: where steps run that do not say themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<crate::flow::ExecutorKind>,
     /// Every start of a service, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRun>,
@@ -456,6 +479,7 @@ impl RunState {
             frames: Vec::new(),
             profile: e.profile.clone(),
             trigger_file: e.trigger_file.clone(),
+            executor: e.executor,
             services: Vec::new(),
             cancelled_by: None,
             index: Derived::default(),
@@ -584,6 +608,35 @@ impl RunState {
                 )?;
                 step.status = StepStatus::Running;
             }
+            Event::StepSubmitted(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                open_attempt(
+                    record,
+                    step,
+                    Attempt {
+                        job: Some(Box::new(Job {
+                            executor: e.executor,
+                            job_id: e.job_id.clone(),
+                            job_name: e.job_name.clone(),
+                            node: None,
+                        })),
+                        cache: e
+                            .cache
+                            .clone()
+                            .map(|miss| Box::new(CacheNote { from: None, miss: Some(miss) })),
+                        ..Attempt::begin(e.visit, e.attempt, ts)
+                    },
+                )?;
+                step.status = StepStatus::Running;
+            }
+            Event::JobRunning(e) => {
+                let step = self.step_mut(record, &e.step)?;
+                let a = running_attempt(record, step, e.attempt)?;
+                match a.job.as_mut() {
+                    Some(job) if a.visit == e.visit => job.node = Some(e.node.clone()),
+                    _ => return Err(fold_err(record, "the attempt is not a cluster job")),
+                }
+            }
             Event::StepSucceeded(e) => {
                 let step = self.step_mut(record, &e.step)?;
                 let a = running_attempt(record, step, e.attempt)?;
@@ -645,6 +698,7 @@ impl RunState {
                         InterruptReason::Signal => "signal",
                         InterruptReason::RunnerDied => "runner_died",
                         InterruptReason::Cancelled => "cancelled",
+                        InterruptReason::JobLost => "job_lost",
                     }
                     .into(),
                 );
@@ -937,6 +991,7 @@ fn fail_reason(r: FailReason) -> &'static str {
         FailReason::MissingOutput => "missing_output",
         FailReason::Inputs => "inputs",
         FailReason::Service => "service",
+        FailReason::Cancelled => "cancelled",
     }
 }
 
@@ -1026,6 +1081,7 @@ mod tests {
             session: session(),
             profile: None,
             trigger_file: None,
+            executor: None,
         })
     }
 

@@ -21,5 +21,6 @@ mod schedule;
 mod secrets;
 mod semantics;
 mod services;
+mod slurm;
 mod supervision;
 mod watch;

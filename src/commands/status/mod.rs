@@ -415,12 +415,16 @@ fn run_detail(g: &Global, runs: &RunsDir, p: &Projection, id: &str) -> Result<Ex
         out.push_str(&format!("profile:  {profile}\n"));
     }
     out.push('\n');
+    let jobs = running_jobs(conn, &run.run_id).unwrap_or_default();
     let cells: Vec<Vec<String>> = steps
         .iter()
         .map(|s| {
             let warned = s.8.as_deref() == Some("gate_warning");
-            let detail =
-                if s.1 == "succeeded" && !warned { String::new() } else { s.5.clone().unwrap_or_default() };
+            let detail = match jobs.get(&s.0) {
+                Some(job) if s.1 == "running" => job.clone(),
+                _ if s.1 == "succeeded" && !warned => String::new(),
+                _ => s.5.clone().unwrap_or_default(),
+            };
             vec![
                 visit_label(&s.0, s.9 as u32),
                 s.1.clone(),
@@ -560,4 +564,21 @@ fn service_rows(p: &Projection, id: &str) -> Result<Vec<ServiceRow>, Error> {
     .map_err(sql(p))?
     .collect::<Result<_, _>>()
     .map_err(sql(p))
+}
+
+/// Where each running cluster attempt of a run is: `slurm job 42 on node7`.
+fn running_jobs(
+    conn: &rusqlite::Connection,
+    run_id: &str,
+) -> rusqlite::Result<std::collections::HashMap<String, String>> {
+    let mut stmt = conn.prepare(
+        "SELECT step_id, executor, job_id, node, status FROM attempts
+         WHERE run_id = ?1 AND status = 'running' AND job_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([run_id], |r| {
+        let a = serde_json::json!({"executor": r.get::<_, String>(1)?, "job_id": r.get::<_, String>(2)?,
+            "node": r.get::<_, Option<String>>(3)?, "status": r.get::<_, String>(4)?});
+        Ok((r.get::<_, String>(0)?, step::job_where(&a)))
+    })?;
+    rows.collect()
 }

@@ -24,13 +24,14 @@ pub fn detail(conn: &Connection, run_id: &str, step: &str) -> Result<Value, rusq
     let Some(mut out) = steps.into_iter().next() else { return Ok(Value::Null) };
     out["step_id"] = json!(step);
     out["history"] = json!(query(
-        "SELECT visit, attempt, status, exit_code, duration_ms, message, started_at FROM attempts
-         WHERE run_id = ?1 AND step_id = ?2 ORDER BY visit, attempt",
+        "SELECT visit, attempt, status, exit_code, duration_ms, message, started_at, executor, job_id, node
+         FROM attempts WHERE run_id = ?1 AND step_id = ?2 ORDER BY visit, attempt",
         &|r| {
             Ok(json!({"visit": r.get::<_, i64>(0)?, "attempt": r.get::<_, i64>(1)?,
                 "status": r.get::<_, String>(2)?, "exit_code": r.get::<_, Option<i64>>(3)?,
                 "duration_ms": r.get::<_, Option<i64>>(4)?, "message": r.get::<_, Option<String>>(5)?,
-                "started_at": r.get::<_, Option<String>>(6)?}))
+                "started_at": r.get::<_, Option<String>>(6)?, "executor": r.get::<_, String>(7)?,
+                "job_id": r.get::<_, Option<String>>(8)?, "node": r.get::<_, Option<String>>(9)?}))
         },
     )?);
     out["outputs"] = json!(query(
@@ -113,24 +114,34 @@ pub fn render(d: &Value) -> String {
     if let Some(m) = d["message"].as_str() {
         out.push_str(&format!("detail:   {m}\n"));
     }
-    let rows: Vec<Vec<String>> = d["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let history = d["history"].as_array().cloned().unwrap_or_default();
+    // Where it ran, when any attempt ran on a cluster.
+    let remote = history.iter().any(|a| a["job_id"].is_string());
+    let rows: Vec<Vec<String>> = history
+        .iter()
         .map(|a| {
-            vec![
+            let mut row = vec![
                 visit_label(&id, n(&a["visit"]) as u32),
                 n(&a["attempt"]).to_string(),
                 s(&a["status"]),
                 a["duration_ms"].as_i64().map(|ms| human_ms(ms as u64)).unwrap_or_default(),
                 a["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_default(),
-                s(&a["message"]),
-            ]
+            ];
+            if remote {
+                row.push(job_where(a));
+            }
+            row.push(s(&a["message"]));
+            row
         })
         .collect();
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["VISIT", "ATTEMPT", "STATUS", "DURATION", "EXIT", "DETAIL"], &rows));
+        let mut head = vec!["VISIT", "ATTEMPT", "STATUS", "DURATION", "EXIT"];
+        if remote {
+            head.push("WHERE");
+        }
+        head.push("DETAIL");
+        out.push_str(&table(&head, &rows));
     }
     let outputs = d["outputs"].as_array().cloned().unwrap_or_default();
     if !outputs.is_empty() {
@@ -238,4 +249,18 @@ pub fn render(d: &Value) -> String {
 /// A value on one line: multi-line values are shown escaped.
 fn quote(v: &str) -> String {
     if v.contains('\n') || v.contains('\r') { format!("{v:?}") } else { v.to_string() }
+}
+
+/// `slurm job 42 on node7`, `slurm job 42 (queued)`, or `local`.
+pub fn job_where(a: &Value) -> String {
+    match (a["job_id"].as_str(), a["node"].as_str()) {
+        (Some(job), Some(node)) => {
+            format!("{} job {job} on {node}", a["executor"].as_str().unwrap_or("cluster"))
+        }
+        (Some(job), None) if a["status"] == "running" => {
+            format!("{} job {job} (queued)", a["executor"].as_str().unwrap_or("cluster"))
+        }
+        (Some(job), None) => format!("{} job {job}", a["executor"].as_str().unwrap_or("cluster")),
+        _ => "local".into(),
+    }
 }
