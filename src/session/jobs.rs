@@ -35,6 +35,38 @@ pub(super) struct Remote {
     pub definition: Option<Box<(crate::receipt::Definition, String)>>,
 }
 
+impl Remote {
+    fn new(
+        step: usize,
+        visit: u32,
+        attempt: u32,
+        definition: Option<Box<(crate::receipt::Definition, String)>>,
+    ) -> Remote {
+        Remote {
+            step,
+            visit,
+            attempt,
+            running_since: None,
+            deadline: None,
+            kill_at: None,
+            timed_out: false,
+            interrupted: false,
+            node_recorded: false,
+            definition,
+        }
+    }
+}
+
+/// A job the journal says a dead runner left in flight.
+pub(super) struct Orphan {
+    pub step: usize,
+    pub visit: u32,
+    pub attempt: u32,
+    pub job_id: String,
+    /// Its `JobRunning` is already journaled.
+    pub node_known: bool,
+}
+
 /// The Slurm CLI and the thread that watches this session's jobs, started at first use.
 pub(super) struct Cluster {
     cli: Slurm,
@@ -111,21 +143,8 @@ impl Session {
                     cache,
                 }))?;
                 self.remote.to_watch.push((job_id.clone(), dir));
-                self.remote.remote.insert(
-                    job_id,
-                    Remote {
-                        step: idx,
-                        visit,
-                        attempt,
-                        running_since: None,
-                        deadline: None,
-                        kill_at: None,
-                        timed_out: false,
-                        interrupted: false,
-                        node_recorded: false,
-                        definition: Some(Box::new((definition, key))),
-                    },
-                );
+                let remote = Remote::new(idx, visit, attempt, Some(Box::new((definition, key))));
+                self.remote.remote.insert(job_id, remote);
                 Ok(())
             }
             Err(message) => self.record_unstartable(idx, visit, attempt, FailReason::Spawn, message),
@@ -360,11 +379,8 @@ impl Session {
 
     /// On resume: cancels held jobs a dead runner submitted but never journaled (they
     /// never ran), and watches again the jobs it journaled, instead of submitting them
-    /// again. Returns the steps whose attempts were taken back.
-    pub(super) fn reattach_jobs(
-        &mut self,
-        jobs: Vec<(usize, u32, u32, String, bool)>,
-    ) -> Result<(), SessionError> {
+    /// again.
+    pub(super) fn reattach_jobs(&mut self, jobs: Vec<Orphan>) -> Result<(), SessionError> {
         let uses_slurm = (0..self.flow.steps.len())
             .any(|i| self.flow.steps[i].call.is_none() && self.executor_of(i) == ExecutorKind::Slurm);
         if jobs.is_empty() && !uses_slurm {
@@ -373,7 +389,7 @@ impl Session {
         if !slurm::available() {
             self.report.warn("this run has Slurm jobs, but `sbatch` is not on PATH here; their results will be read once it is");
         }
-        let known: std::collections::HashSet<&str> = jobs.iter().map(|j| j.3.as_str()).collect();
+        let known: std::collections::HashSet<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
         let prefix = slurm::job_name_prefix(&self.dir);
         let strays: Vec<String> = match self.cluster().cli.named(&prefix) {
             Ok(found) => found
@@ -395,7 +411,7 @@ impl Session {
                 self.report.warn(&format!("cannot cancel Slurm job(s) {}: {e}", strays.join(", ")));
             }
         }
-        for (idx, visit, attempt, job_id, node_recorded) in jobs {
+        for Orphan { step: idx, visit, attempt, job_id, node_known } in jobs {
             let step_id = self.flow.steps[idx].id.clone();
             self.report
                 .info(&format!("step `{step_id}` attempt {attempt}: re-attached to Slurm job {job_id}"));
@@ -406,21 +422,9 @@ impl Session {
                 Box::new((d, key))
             });
             let dir = attempt_dir(&self.dir, &step_id, visit, attempt);
-            self.remote.remote.insert(
-                job_id.clone(),
-                Remote {
-                    step: idx,
-                    visit,
-                    attempt,
-                    running_since: None,
-                    deadline: None,
-                    kill_at: None,
-                    timed_out: false,
-                    interrupted: false,
-                    node_recorded,
-                    definition,
-                },
-            );
+            let mut remote = Remote::new(idx, visit, attempt, definition);
+            remote.node_recorded = node_known;
+            self.remote.remote.insert(job_id.clone(), remote);
             // Released in case the runner died between journaling it and releasing it.
             self.remote.to_watch.push((job_id, dir));
         }

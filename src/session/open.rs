@@ -326,14 +326,20 @@ impl Session {
     fn interrupt_leftovers(&mut self) -> Result<(), SessionError> {
         let boot = procfs::boot_id();
         // A cluster job goes on without its runner: it is watched again, not interrupted.
-        let jobs: Vec<(usize, u32, u32, String, bool)> = self
+        let jobs: Vec<super::jobs::Orphan> = self
             .state
             .running_steps()
             .filter_map(|s| {
                 let a = s.last_attempt()?;
                 let job = a.job.as_ref()?;
                 let idx = self.state.step_pos(&s.id)?;
-                Some((idx, a.visit, a.attempt, job.job_id.clone(), job.node.is_some()))
+                Some(super::jobs::Orphan {
+                    step: idx,
+                    visit: a.visit,
+                    attempt: a.attempt,
+                    job_id: job.job_id.clone(),
+                    node_known: job.node.is_some(),
+                })
             })
             .collect();
         let in_flight: Vec<StepInterrupted> = self

@@ -547,3 +547,121 @@ fn a_slurm_flow_is_checked_before_anything_starts() {
     env.run(&["run", &plain, "--executor", "local", "--run-id", "l"]).code(0);
     assert_eq!(env.journal("l")[0]["data"]["executor"], "local");
 }
+
+#[test]
+fn the_example_flow_survives_a_kill_and_reattaches() {
+    if !cluster() {
+        return;
+    }
+    let env = Env::new();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    env.write("flows/slurm.toml", &std::fs::read_to_string(repo.join("flows/slurm.toml")).expect("example"));
+    let child = env.spawn(&["run", "flows/slurm.toml", "--run-id", "ex"]);
+    wait_for("both jobs to run", Duration::from_secs(120), || {
+        ["crunch-a", "crunch-b"]
+            .iter()
+            .all(|s| env.run_dir("ex").join(format!("steps/{s}/1/job.started")).exists())
+    });
+    assert_eq!(kill_or_finished(child), None, "the runner finished before it was killed");
+    env.run(&["resume", "--run-id", "ex"]).code(0).stderr_has("re-attached to Slurm job");
+    for step in ["crunch-a", "crunch-b"] {
+        assert_eq!(submitted(&env, "ex", step).len(), 1, "{step} was submitted once");
+    }
+    let report = std::fs::read_to_string(env.run_dir("ex").join("steps/report/1/stdout.log")).expect("log");
+    assert_eq!(report, "total: 10\n");
+}
+
+/// SIGKILLs the runner again and again while a wide flow's jobs are queued, running and
+/// finishing, resuming each time: every command runs exactly once, with one submission.
+#[test]
+fn repeated_kills_never_run_a_slurm_step_twice() {
+    if !cluster() {
+        return;
+    }
+    let env = Env::new();
+    let mut flow = String::from("[defaults]\nexecutor = \"slurm\"\n");
+    let mut ids = Vec::new();
+    for layer in 0..3 {
+        for k in 0..4 {
+            let id = format!("l{layer}s{k}");
+            let needs = if layer == 0 {
+                "[]".to_string()
+            } else {
+                format!(
+                    "[{}]",
+                    (0..4).map(|j| format!("\"l{}s{j}\"", layer - 1)).collect::<Vec<_>>().join(", ")
+                )
+            };
+            flow.push_str(&format!(
+                "[[steps]]\nid = \"{id}\"\nneeds = {needs}\nrun = \"echo x >> {id}.out; sleep 0.{}\"\n",
+                3 + k * 2
+            ));
+            ids.push(id);
+        }
+    }
+    let flow = env.flow("wide", &flow);
+    let mut args = vec!["run".to_string(), flow.clone(), "--run-id".into(), "k".into()];
+    let mut finished = false;
+    for round in 0..12u64 {
+        let child = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(250 + (round * 397) % 900));
+        if kill_or_finished(child) == Some(0) {
+            finished = true;
+            break;
+        }
+        args = vec!["resume".into(), "--run-id".into(), "k".into()];
+    }
+    if !finished {
+        env.run(&["resume", "--run-id", "k"]).code(0);
+    }
+    let journal = env.journal("k");
+    for id in &ids {
+        assert_eq!(
+            env.count(&format!("{id}.out")),
+            1,
+            "step {id} ran {} times",
+            env.count(&format!("{id}.out"))
+        );
+        let count =
+            |ty: &str| journal.iter().filter(|e| e["type"] == ty && e["data"]["step"] == id.as_str()).count();
+        assert_eq!(count("StepSubmitted"), 1, "step {id}: one attempt, one submission");
+        assert_eq!(count("StepSucceeded"), 1);
+    }
+    assert!(
+        journal.iter().filter(|e| e["type"] == "RunResumed").count() >= 3,
+        "the runner was killed a few times"
+    );
+    env.assert_rebuild_matches_live();
+}
+
+#[test]
+fn runner_cancel_cancels_the_job_and_says_who() {
+    if !cluster() {
+        return;
+    }
+    let env = Env::new();
+    let flow = env.flow(
+        "cancel",
+        r#"
+[[steps]]
+id = "work"
+executor = "slurm"
+grace = "1s"
+run = "touch started; sleep 120"
+"#,
+    );
+    let child = env.spawn(&["run", &flow, "--run-id", "r"]);
+    wait_for("the job to run", Duration::from_secs(60), || env.path().join("started").exists());
+    env.run(&["cancel", "--run-id", "r", "--by", "alice"]).code(0);
+    finish(child, Duration::from_secs(60)).code(143);
+    let job = submitted(&env, "r", "work").remove(0);
+    assert!(
+        !matches!(job_state(&job).as_str(), "RUNNING" | "PENDING"),
+        "job {job} still {}",
+        job_state(&job)
+    );
+    let interrupted = events_of(&env, "r", "StepInterrupted");
+    assert_eq!(interrupted[0]["data"]["reason"], "cancelled");
+    let ended = events_of(&env, "r", "RunInterrupted");
+    assert_eq!(ended[0]["data"]["cancelled_by"], "alice");
+}
