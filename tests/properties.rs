@@ -1236,14 +1236,35 @@ fn story(run_id: &str, k: usize, choices: &[u32]) -> Story {
         match actions[c % actions.len()] {
             Action::Start(i) => {
                 attempts[i] += 1;
-                events.push(Event::StepStarted(StepStarted {
-                    step: ids[i].clone(),
-                    visit: 1,
-                    attempt: attempts[i],
-                    pid: 10_000 + events.len() as i32,
-                    proc_start: 5_000 + events.len() as u64,
-                    cache: c.is_multiple_of(5).then(|| "miss".to_string()),
-                }));
+                if c.is_multiple_of(7) {
+                    // A Slurm attempt: submitted, and sometimes seen running on a node.
+                    events.push(Event::StepSubmitted(runner::journal::StepSubmitted {
+                        step: ids[i].clone(),
+                        visit: 1,
+                        attempt: attempts[i],
+                        executor: runner::flow::ExecutorKind::Slurm,
+                        job_id: (4000 + events.len()).to_string(),
+                        job_name: format!("runner-0123456789ab-{}-1.{}", ids[i], attempts[i]),
+                        cache: c.is_multiple_of(5).then(|| "miss".to_string()),
+                    }));
+                    if flag {
+                        events.push(Event::JobRunning(runner::journal::JobRunning {
+                            step: ids[i].clone(),
+                            visit: 1,
+                            attempt: attempts[i],
+                            node: format!("node{}", c % 3),
+                        }));
+                    }
+                } else {
+                    events.push(Event::StepStarted(StepStarted {
+                        step: ids[i].clone(),
+                        visit: 1,
+                        attempt: attempts[i],
+                        pid: 10_000 + events.len() as i32,
+                        proc_start: 5_000 + events.len() as u64,
+                        cache: c.is_multiple_of(5).then(|| "miss".to_string()),
+                    }));
+                }
                 steps[i] = Model::Running;
             }
             Action::SpawnFail(i) => {
