@@ -14,7 +14,7 @@ use super::{FlowError, FlowErrorKind, duration};
 /// max_jobs` says otherwise; the cluster queues them, this only bounds the runner's share.
 pub const DEFAULT_MAX_JOBS: usize = 100;
 /// The longest wait between two status queries of a run's jobs, unless `[slurm] poll`
-/// says otherwise. Queries start every 200 ms after a change and back off to this.
+/// says otherwise. Queries are a second apart after a change and back off to this.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 
 /// Which executor runs a step's command.
@@ -132,6 +132,8 @@ const OWN_ARGS: &[&str] = &[
     "--export",
     "--input",
     "-i",
+    "--requeue",
+    "--no-requeue",
 ];
 
 /// Checks a `[slurm]` or step `slurm` table. `limits` is `Some` for the flow's table,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::attempts::{ClusterEnd, Prepared, Running, checked_after};
 use super::{Msg, Session, SessionError};
 use crate::executor::Exit;
-use crate::executor::slurm::{self, Poller, Slurm, Submit, Update};
+use crate::executor::slurm::{self, Cancel, Poller, Slurm, Submit, Update};
 use crate::flow::ExecutorKind;
 use crate::journal::{Event, FailReason, JobRunning, StepSubmitted};
 use crate::store::attempt_dir;
@@ -31,6 +31,8 @@ pub(super) struct Remote {
     pub kill_at: Option<Instant>,
     pub timed_out: bool,
     pub interrupted: bool,
+    /// A graceful stop's SIGTERM went out (to a job seen running).
+    pub termed: bool,
     pub node_recorded: bool,
     pub definition: Option<Box<(crate::receipt::Definition, String)>>,
 }
@@ -51,6 +53,7 @@ impl Remote {
             kill_at: None,
             timed_out: false,
             interrupted: false,
+            termed: false,
             node_recorded: false,
             definition,
         }
@@ -82,6 +85,11 @@ pub(super) struct Jobs {
     pub cluster: Option<Cluster>,
     /// The last query failure shown, so a controller that is down is said once, not per poll.
     pub last_failure: Option<String>,
+    /// A submission failed: `sbatch` may have left a held job behind (a timeout), which the
+    /// end of the session cancels.
+    pub submit_failed: bool,
+    /// `runner-<hash>-`: the name every job of this run starts with.
+    pub prefix: String,
 }
 
 impl Jobs {
@@ -173,7 +181,10 @@ impl Session {
             self.secrets.names().filter(|n| !granted.iter().any(|(g, _)| g == *n)).cloned().collect();
         env.extend(granted);
         let options = self.flow.steps[idx].slurm.as_deref().map(|o| o.sbatch_args()).unwrap_or_default();
-        let name = slurm::job_name(&self.dir, &step_id, visit, attempt);
+        if self.remote.prefix.is_empty() {
+            self.remote.prefix = slurm::job_name_prefix(&self.state.run_id, &self.state.started_at);
+        }
+        let name = slurm::job_name(&self.remote.prefix, &step_id, visit, attempt);
         let script = dir.join(slurm::JOB_SCRIPT);
         let log = dir.join(slurm::SLURM_LOG);
         let job = Submit {
@@ -185,7 +196,10 @@ impl Session {
             env: &env,
             remove_env: &remove_env,
         };
-        let id = self.cluster().cli.submit(&job).map_err(|e| format!("cannot submit to Slurm: {e}"))?;
+        let id = self.cluster().cli.submit(&job).map_err(|e| {
+            self.remote.submit_failed = true;
+            format!("cannot submit to Slurm: {e}")
+        })?;
         Ok((id, name, dir))
     }
 
@@ -195,9 +209,13 @@ impl Session {
             return;
         }
         let jobs = std::mem::take(&mut self.remote.to_watch);
+        let stopping: Vec<bool> = jobs
+            .iter()
+            .map(|(id, _)| self.remote.remote.get(id).is_some_and(|r| r.interrupted || r.timed_out))
+            .collect();
         let cluster = self.cluster();
-        for (id, dir) in jobs {
-            cluster.poller.add(id, dir);
+        for ((id, dir), stopping) in jobs.into_iter().zip(stopping) {
+            cluster.poller.add(id, dir, stopping);
         }
     }
 
@@ -205,12 +223,26 @@ impl Session {
     pub(super) fn on_jobs(&mut self, updates: Vec<Update>) -> Result<(), SessionError> {
         for update in updates {
             match update {
-                Update::Running { job, node } => {
+                Update::Running { job, node, started_ms } => {
                     let now = Instant::now();
                     let Some(r) = self.remote.remote.get_mut(&job) else { continue };
-                    r.running_since.get_or_insert(now);
+                    // A re-attached job has run since its start file says, not since now.
+                    let since = started_ms
+                        .and_then(|ms| {
+                            let wall =
+                                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+                            now.checked_sub(wall.saturating_sub(Duration::from_millis(ms)))
+                        })
+                        .unwrap_or(now);
+                    let since = *r.running_since.get_or_insert(since);
                     if r.deadline.is_none() {
-                        r.deadline = self.flow.steps[r.step].timeout.map(|t| checked_after(now, t));
+                        r.deadline = self.flow.steps[r.step].timeout.map(|t| checked_after(since, t));
+                    }
+                    // Being stopped, and seen running only now: it gets its SIGTERM now.
+                    let term = (r.interrupted || r.timed_out) && r.kill_at.is_some() && !r.termed;
+                    if term {
+                        r.termed = true;
+                        self.cancel_jobs(std::slice::from_ref(&job), Cancel::Term);
                     }
                     self.record_node(&job, &node)?;
                 }
@@ -319,23 +351,30 @@ impl Session {
     /// and a hard cancel after its step's `grace`; a second signal cancels at once.
     pub(super) fn stop_jobs(&mut self, hard: bool) {
         let now = Instant::now();
-        let mut graceful = Vec::new();
-        let mut cancel = Vec::new();
+        let (mut term, mut queued, mut cancel) = (Vec::new(), Vec::new(), Vec::new());
         for (id, r) in &mut self.remote.remote {
             r.interrupted = true;
-            if hard || r.running_since.is_none() {
+            if hard {
                 r.kill_at = None;
                 cancel.push(id.clone());
             } else if r.kill_at.is_none() {
                 r.kill_at = Some(checked_after(now, self.flow.steps[r.step].grace));
-                graceful.push(id.clone());
+                // Not seen running: cancelled if still queued; if it started meanwhile, it
+                // gets its SIGTERM when the poller sees it running.
+                if r.running_since.is_some() {
+                    r.termed = true;
+                    term.push(id.clone());
+                } else {
+                    queued.push(id.clone());
+                }
             }
         }
-        self.cancel_jobs(&graceful, Some("TERM"));
-        self.cancel_jobs(&cancel, None);
+        self.cancel_jobs(&term, Cancel::Term);
+        self.cancel_jobs(&queued, Cancel::Pending);
+        self.cancel_jobs(&cancel, Cancel::Now);
     }
 
-    fn cancel_jobs(&mut self, ids: &[String], signal: Option<&str>) {
+    fn cancel_jobs(&mut self, ids: &[String], how: Cancel) {
         if ids.is_empty() {
             return;
         }
@@ -343,7 +382,7 @@ impl Session {
         for id in ids {
             cluster.poller.stopping(id);
         }
-        if let Err(e) = cluster.cli.cancel(ids, signal) {
+        if let Err(e) = cluster.cli.cancel(ids, how) {
             self.report.warn(&format!("cannot cancel Slurm job(s) {}: {e}", ids.join(", ")));
         }
     }
@@ -356,6 +395,7 @@ impl Session {
         for (id, r) in &mut self.remote.remote {
             if r.deadline.is_some_and(|d| now >= d) && !r.timed_out && !r.interrupted {
                 r.timed_out = true;
+                r.termed = true;
                 r.kill_at = Some(checked_after(now, self.flow.steps[r.step].grace));
                 graceful.push(id.clone());
             }
@@ -364,8 +404,8 @@ impl Session {
                 cancel.push(id.clone());
             }
         }
-        self.cancel_jobs(&graceful, Some("TERM"));
-        self.cancel_jobs(&cancel, None);
+        self.cancel_jobs(&graceful, Cancel::Term);
+        self.cancel_jobs(&cancel, Cancel::Now);
     }
 
     pub(super) fn next_job_wake(&self) -> Option<Instant> {
@@ -386,31 +426,12 @@ impl Session {
         if jobs.is_empty() && !uses_slurm {
             return Ok(());
         }
+        self.remote.prefix = slurm::job_name_prefix(&self.state.run_id, &self.state.started_at);
         if !slurm::available() {
             self.report.warn("this run has Slurm jobs, but `sbatch` is not on PATH here; their results will be read once it is");
         }
         let known: std::collections::HashSet<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-        let prefix = slurm::job_name_prefix(&self.dir);
-        let strays: Vec<String> = match self.cluster().cli.named(&prefix) {
-            Ok(found) => found
-                .into_iter()
-                .filter(|(id, info)| !known.contains(id.as_str()) && info.active())
-                .map(|(id, _)| id)
-                .collect(),
-            Err(e) => {
-                self.report.warn(&format!("cannot list the run's Slurm jobs ({e}); a job submitted just before the runner died may be left held"));
-                Vec::new()
-            }
-        };
-        if !strays.is_empty() {
-            self.report.warn(&format!(
-                "cancelled held Slurm job(s) {} that the previous runner submitted but never recorded (they did not run)",
-                strays.join(", ")
-            ));
-            if let Err(e) = self.cluster().cli.cancel(&strays, None) {
-                self.report.warn(&format!("cannot cancel Slurm job(s) {}: {e}", strays.join(", ")));
-            }
-        }
+        self.cancel_unrecorded(&known.iter().map(|s| s.to_string()).collect(), "the previous runner");
         for Orphan { step: idx, visit, attempt, job_id, node_known } in jobs {
             let step_id = self.flow.steps[idx].id.clone();
             self.report
@@ -429,5 +450,51 @@ impl Session {
             self.remote.to_watch.push((job_id, dir));
         }
         Ok(())
+    }
+
+    /// Cancels this run's held jobs that are not in `known`: submitted by `who`, never
+    /// journaled, never released, so they never ran.
+    fn cancel_unrecorded(&mut self, known: &std::collections::HashSet<String>, who: &str) {
+        let prefix = self.remote.prefix.clone();
+        let strays: Vec<String> = match self.cluster().cli.named(&prefix) {
+            Ok(found) => found
+                .into_iter()
+                .filter(|(id, info)| !known.contains(id) && info.held_by_user())
+                .map(|(id, _)| id)
+                .collect(),
+            Err(e) => {
+                self.report.warn(&format!(
+                    "cannot list the run's Slurm jobs ({e}); a job {who} submitted but never recorded may be left held"
+                ));
+                Vec::new()
+            }
+        };
+        if strays.is_empty() {
+            return;
+        }
+        self.report.warn(&format!(
+            "cancelled held Slurm job(s) {} that {who} submitted but never recorded (they did not run)",
+            strays.join(", ")
+        ));
+        if let Err(e) = self.cluster().cli.cancel(&strays, Cancel::Now) {
+            self.report.warn(&format!("cannot cancel Slurm job(s) {}: {e}", strays.join(", ")));
+        }
+    }
+
+    /// At the end of a session in which a submission failed: `sbatch` may have queued a
+    /// held job before it failed or timed out; it is cancelled rather than left queued.
+    pub(super) fn sweep_unrecorded(&mut self) {
+        if !self.remote.submit_failed {
+            return;
+        }
+        self.remote.submit_failed = false;
+        let known = self
+            .state
+            .steps
+            .iter()
+            .flat_map(|s| &s.attempts)
+            .filter_map(|a| a.job.as_ref().map(|j| j.job_id.clone()))
+            .collect();
+        self.cancel_unrecorded(&known, "this runner");
     }
 }

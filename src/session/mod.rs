@@ -337,6 +337,7 @@ impl Session {
 
     /// The last acts of a session: snapshot, projection, and no process left behind.
     fn end_session(&mut self) {
+        self.sweep_unrecorded();
         self.report.finish(&self.state);
         self.snapshot();
         self.settle_projection();

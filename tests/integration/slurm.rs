@@ -665,3 +665,49 @@ run = "touch started; sleep 120"
     let ended = events_of(&env, "r", "RunInterrupted");
     assert_eq!(ended[0]["data"]["cancelled_by"], "alice");
 }
+
+/// `sbatch` that queues the job and then fails (as one that timed out would): the attempt
+/// fails to start, and the session cancels the held job it left before exiting.
+#[test]
+fn a_held_job_left_by_a_failed_sbatch_is_cancelled_before_the_runner_exits() {
+    if !cluster() {
+        return;
+    }
+    let env = Env::new();
+    let flow = env.flow(
+        "sbatchfails",
+        r#"
+[[steps]]
+id = "work"
+executor = "slurm"
+run = "echo ran >> work.out"
+"#,
+    );
+    let shim = env.path().join("shim");
+    std::fs::create_dir_all(&shim).expect("mkdir");
+    let real = String::from_utf8_lossy(
+        &Command::new("sh").args(["-c", "command -v sbatch"]).output().expect("sh").stdout,
+    )
+    .trim()
+    .to_string();
+    let ids = env.path().join("queued.ids");
+    std::fs::write(
+        shim.join("sbatch"),
+        format!(
+            "#!/bin/sh\n{real} \"$@\" >> {}\necho 'sbatch: error: Socket timed out' >&2\nexit 1\n",
+            ids.display()
+        ),
+    )
+    .expect("shim");
+    std::fs::set_permissions(shim.join("sbatch"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap_or_default());
+    let out = env.command(&["run", &flow, "--run-id", "r"]).env("PATH", path).output().expect("run");
+    let run = crate::util::Run::from_output(out);
+    run.code(1).stderr_has("cannot submit to Slurm").stderr_has("this runner submitted but never recorded");
+    let job = env.read("queued.ids").trim().to_string();
+    assert!(!job.is_empty(), "the shim queued a job");
+    assert_eq!(job_state(&job), "CANCELLED");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(env.count("work.out"), 0, "the held job never ran");
+}

@@ -22,8 +22,8 @@ use super::Waiters;
 
 pub use poller::{Poller, Update};
 pub use script::{
-    EXIT_FILE, JOB_SCRIPT, SLURM_LOG, STARTED_FILE, job_name, job_name_prefix, read_exit, read_started,
-    write_job_script,
+    CLAIM, EXIT_FILE, JOB_SCRIPT, SLURM_LOG, STARTED_FILE, job_name, job_name_prefix, read_exit,
+    read_started, write_job_script,
 };
 
 /// How long one Slurm command may take before the runner gives up on it (a controller
@@ -92,6 +92,18 @@ pub fn cancelled_why(state: &str) -> Option<&'static str> {
     })
 }
 
+/// How `scancel` stops jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// Cancel those still queued; running ones are left alone (a signal to a queued job
+    /// would start it, on Slurm 22.05).
+    Pending,
+    /// SIGTERM to every process of a running job, the batch script too: a graceful stop.
+    Term,
+    /// Slurm's own cancel: SIGTERM, then SIGKILL after its `KillWait`.
+    Now,
+}
+
 /// A job to submit.
 pub struct Submit<'a> {
     pub script: &'a Path,
@@ -129,6 +141,8 @@ impl Slurm {
             format!("--output={}", job.log.display()),
             format!("--chdir={}", job.dir.display()),
             "--export=ALL".into(),
+            // A requeued job (node failure, preemption) would run the attempt a second time.
+            "--no-requeue".into(),
         ];
         args.extend(job.options.iter().cloned());
         args.push(job.script.display().to_string());
@@ -155,15 +169,14 @@ impl Slurm {
         Ok(())
     }
 
-    /// Cancels jobs: with `signal`, sends it to every process of the job (the batch
-    /// script too), as a graceful stop; without, Slurm's own cancel (SIGTERM, SIGKILL
-    /// after its KillWait).
-    pub fn cancel(&self, ids: &[String], signal: Option<&str>) -> Result<(), String> {
+    /// Cancels or signals jobs (see [`Cancel`]).
+    pub fn cancel(&self, ids: &[String], how: Cancel) -> Result<(), String> {
         for chunk in ids.chunks(CHUNK) {
             let mut args: Vec<String> = Vec::new();
-            if let Some(sig) = signal {
-                args.push("--full".into());
-                args.push(format!("--signal={sig}"));
+            match how {
+                Cancel::Pending => args.push("--state=PENDING".into()),
+                Cancel::Term => args.extend(["--full".into(), "--signal=TERM".into()]),
+                Cancel::Now => {}
             }
             args.extend(chunk.iter().cloned());
             let out = self.run("scancel", &args, &[], &[])?;

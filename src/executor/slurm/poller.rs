@@ -24,8 +24,9 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// What the poller learned about a job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
-    /// Seen running for the first time, on `node`.
-    Running { job: String, node: String },
+    /// Seen running for the first time, on `node`; since `started_ms` (ms since the
+    /// epoch) when its start file says so.
+    Running { job: String, node: String, started_ms: Option<u64> },
     /// The job's exit-code file is there: the command ended with `code`.
     Finished { job: String, code: i32, node: Option<String>, started_ms: Option<u64>, ended_ms: Option<u64> },
     /// Slurm says the job is over (or no longer knows it) and it left no exit-code file.
@@ -108,7 +109,8 @@ impl Poller {
     }
 
     /// Watches a job whose id is durable: it is released, then followed to its end.
-    pub fn add(&self, job: String, dir: PathBuf) {
+    /// `stopping`: the runner is already stopping it (see [`Poller::stopping`]).
+    pub fn add(&self, job: String, dir: PathBuf, stopping: bool) {
         watch_dir(&self.files, &dir, true);
         let mut w = self.lock();
         w.jobs.insert(
@@ -117,7 +119,7 @@ impl Poller {
                 dir,
                 release: true,
                 released: false,
-                stopping: false,
+                stopping,
                 running_seen: false,
                 over_since: None,
                 last: None,
@@ -255,9 +257,9 @@ fn finished_files(w: &Watch) -> (Vec<Update>, Vec<String>) {
 fn started_files(w: &mut Watch) -> Vec<Update> {
     let mut out = Vec::new();
     for (id, j) in w.jobs.iter_mut().filter(|(_, j)| !j.running_seen) {
-        if let Some((node, _)) = read_started(&j.dir) {
+        if let Some((node, started_ms)) = read_started(&j.dir) {
             j.running_seen = true;
-            out.push(Update::Running { job: id.clone(), node });
+            out.push(Update::Running { job: id.clone(), node, started_ms });
         }
     }
     out
@@ -295,7 +297,8 @@ fn judge(
                 j.over_since = None;
                 if info.state == "RUNNING" && !j.running_seen {
                     j.running_seen = true;
-                    updates.push(Update::Running { job: id.clone(), node: info.node.clone() });
+                    let started_ms = read_started(&j.dir).and_then(|s| s.1);
+                    updates.push(Update::Running { job: id.clone(), node: info.node.clone(), started_ms });
                 }
                 // Released before, held again (a release that did not take): release it.
                 if info.held_by_user() && j.released {

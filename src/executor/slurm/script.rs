@@ -9,6 +9,9 @@ pub const JOB_SCRIPT: &str = "job.sh";
 pub const EXIT_FILE: &str = "exit_code";
 /// Written when the command starts: `NODE START_MS`.
 pub const STARTED_FILE: &str = "job.started";
+/// Made (`mkdir`, atomic) when the job starts: a second execution of the same attempt
+/// (an administrator's `scontrol requeue`) finds it and runs nothing.
+pub const CLAIM: &str = "job.claim";
 /// Slurm's own output for the job: the script's messages, and slurmstepd's (such as
 /// "CANCELLED … DUE TO TIME LIMIT").
 pub const SLURM_LOG: &str = "slurm.log";
@@ -26,6 +29,10 @@ pub fn write_job_script(dir: &Path, workdir: &Path, command: &str, what: &str) -
          # (--export=ALL). It runs the command as the local executor would, keeps its output\n\
          # in this directory, and writes the exit code as its last act.\n\
          d={d}\n\
+         if ! mkdir \"$d/{CLAIM}\" 2>/dev/null; then\n\
+         \x20   echo \"runner: this attempt already ran (the job was requeued); not running it again\" >&2\n\
+         \x20   exit 125\n\
+         fi\n\
          now() {{ date +%s%3N; }}\n\
          printf '%s %s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" \"$(now)\" >\"$d/{STARTED_FILE}.tmp\" && mv -f \"$d/{STARTED_FILE}.tmp\" \"$d/{STARTED_FILE}\"\n\
          if cd {w}; then\n\
@@ -60,19 +67,20 @@ pub fn read_started(dir: &Path) -> Option<(String, Option<u64>)> {
     Some((node, f.next().and_then(|t| t.parse().ok())))
 }
 
-/// What every job of the run in `run_dir` is named with: `runner-<hash>-`, the hash of
-/// the run directory's path (run ids are unique in a runs directory only).
-pub fn job_name_prefix(run_dir: &Path) -> String {
-    let hash = blake3::hash(run_dir.as_os_str().as_encoded_bytes()).to_hex();
+/// What every job of a run is named with: `runner-<hash>-`, a hash of the run's id and
+/// the time it started (as journaled), so it does not depend on where the runs directory
+/// is mounted, and two runs with one id in two places differ.
+pub fn job_name_prefix(run_id: &str, started_at: &str) -> String {
+    let hash = blake3::hash(format!("{run_id}\n{started_at}").as_bytes()).to_hex();
     format!("runner-{}-", &hash[..12])
 }
 
-/// `runner-<hash>-<step>-<visit>.<attempt>`, with characters Slurm or a shell could
-/// trip on replaced.
-pub fn job_name(run_dir: &Path, step: &str, visit: u32, attempt: u32) -> String {
+/// `<prefix><step>-<visit>.<attempt>`, with characters Slurm or a shell could trip on
+/// replaced.
+pub fn job_name(prefix: &str, step: &str, visit: u32, attempt: u32) -> String {
     let step: String =
         step.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
-    format!("{}{step}-{visit}.{attempt}", job_name_prefix(run_dir))
+    format!("{prefix}{step}-{visit}.{attempt}")
 }
 
 /// Single-quotes a string for `sh`.
@@ -124,9 +132,30 @@ mod tests {
 
     #[test]
     fn job_names_carry_the_run_and_the_attempt() {
-        let name = job_name(Path::new("/runs/r1"), "caller/build step", 2, 3);
-        assert!(name.starts_with(&job_name_prefix(Path::new("/runs/r1"))), "{name}");
+        let prefix = job_name_prefix("r1", "2026-12-03T10:00:00.000Z");
+        let name = job_name(&prefix, "caller/build step", 2, 3);
+        assert!(name.starts_with("runner-") && name.starts_with(&prefix), "{name}");
         assert!(name.ends_with("caller_build_step-2.3"), "{name}");
-        assert_ne!(job_name_prefix(Path::new("/runs/r1")), job_name_prefix(Path::new("/runs/r2")));
+        assert_ne!(prefix, job_name_prefix("r2", "2026-12-03T10:00:00.000Z"));
+        assert_ne!(prefix, job_name_prefix("r1", "2026-12-03T10:00:00.001Z"));
+    }
+
+    #[test]
+    fn a_second_execution_of_an_attempt_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write_job_script(dir.path(), dir.path(), "echo ran >> count", "step `a`")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let run = || {
+            std::process::Command::new("/bin/sh")
+                .arg(dir.path().join(JOB_SCRIPT))
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(run().status.code(), Some(0));
+        let again = run();
+        assert_eq!(again.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already ran"));
+        assert_eq!(std::fs::read_to_string(dir.path().join("count")).unwrap_or_default(), "ran\n");
+        assert_eq!(read_exit(dir.path()).map(|e| e.0), Some(0), "the first run's exit code stays");
     }
 }
