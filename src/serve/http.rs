@@ -304,12 +304,15 @@ pub fn json_body(req: &mut Request) -> Result<serde_json::Map<String, Value>, Ap
     }
 }
 
+/// The string and boolean fields of a body, by name.
+pub type Fields = (std::collections::HashMap<String, String>, std::collections::HashMap<String, bool>);
+
 /// A string field of a body, refusing other types and fields nobody asked for.
 pub fn body_fields(
     mut body: serde_json::Map<String, Value>,
     strings: &[&str],
     bools: &[&str],
-) -> Result<(std::collections::HashMap<String, String>, std::collections::HashMap<String, bool>), ApiError> {
+) -> Result<Fields, ApiError> {
     let mut s = std::collections::HashMap::new();
     let mut b = std::collections::HashMap::new();
     for name in strings {

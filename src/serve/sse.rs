@@ -174,13 +174,8 @@ impl Tails {
                 if validate_run_id(&id).is_err() {
                     continue;
                 }
-                match rest.as_deref() {
-                    None | Some(JOURNAL_FILE) => {
-                        if !ids.contains(&id) {
-                            ids.push(id);
-                        }
-                    }
-                    _ => {}
+                if matches!(rest.as_deref(), None | Some(JOURNAL_FILE)) && !ids.contains(&id) {
+                    ids.push(id);
                 }
             }
             for id in ids {

@@ -151,7 +151,8 @@
         const payload = {};
         if (by) payload.by = by;
         if (comment) payload.comment = comment;
-        if (!body.querySelector(".run-head[data-live=true]")) payload.resume = true;
+        // The server resumes the run only if no runner drives it once the verdict is in.
+        payload.resume = true;
         const res = await post(stepUrl(step) + "/" + action, payload);
         if (res) toast("Step " + step + " " + res.decision + " by " + res.by);
       } else if (action === "cancel") {
