@@ -351,7 +351,10 @@ pub fn spawn_stream(ctx: Arc<Ctx>, req: tiny_http::Request, spec: StreamSpec) {
         let head_only = *req.method() == tiny_http::Method::Head;
         let rx = c.hub.subscribe(spec.run.clone());
         let mut w = req.into_writer();
-        let _ = stream(&c, &mut w, &spec, &rx, head_only);
+        // A bug in one stream must not leak its slot in the count.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = stream(&c, &mut w, &spec, &rx, head_only);
+        }));
         c.streams.fetch_sub(1, Ordering::Relaxed);
     });
     if spawned.is_err() {

@@ -215,7 +215,10 @@ impl Sse {
     /// Journal events until one of type `until` (included).
     fn journal_until(&mut self, until: &str) -> Vec<(String, Value)> {
         let mut out = Vec::new();
+        // Heartbeats keep a stream alive forever: give up after a while instead of hanging.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while let Some(e) = self.next() {
+            assert!(Instant::now() < deadline, "no {until} within 60 s; got {out:?}");
             if e.event != "journal" {
                 continue;
             }
@@ -815,6 +818,11 @@ fn browser_ready() -> Option<std::path::PathBuf> {
             .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null"])
             .status();
     }
+    if !have("npm") && root && have("apt-get") {
+        let _ = Command::new("sh")
+            .args(["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null"])
+            .status();
+    }
     if !modules.join("playwright-core").exists() && have("npm") {
         let _ = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&e2e).status();
     }
@@ -838,4 +846,64 @@ fn browser_ready() -> Option<std::path::PathBuf> {
         missing.join(", ")
     );
     None
+}
+
+#[test]
+fn routing_decisions_visits_and_the_call_stack() {
+    let env = Env::new();
+    let loop_flow = env.flow(
+        "loop",
+        r#"
+[[steps]]
+id = "review"
+max_visits = 2
+run = 'echo "visit $RUNNER_VISIT"; if [ "$RUNNER_VISIT" = 1 ]; then echo verdict=fail; else echo verdict=pass; fi >> "$RUNNER_OUTPUT"'
+next = [ { if = "steps.review.outputs.verdict == 'fail'", goto = "review" }, { goto = "publish" } ]
+[[steps]]
+id = "publish"
+needs = ["review"]
+run = "echo pub"
+"#,
+    );
+    env.run(&["run", &loop_flow, "--run-id", "looped"]).code(0);
+    env.flow(
+        "reset",
+        "[[steps]]\nid = \"wipe\"\nrun = 'echo wiped'\n[[steps]]\nid = \"check\"\nrun = 'test ! -e break-check'\n",
+    );
+    let main = env.flow(
+        "main",
+        "[[steps]]\nid = \"reset\"\ncall = \"reset\"\n[[steps]]\nid = \"use\"\nrun = 'echo use'\n",
+    );
+    env.write("break-check", "");
+    env.run(&["run", &main, "--run-id", "called"]).code(1);
+    let s = serve(&env, &[]);
+
+    let d = get(&s, "/api/runs/looped").json();
+    let routes = d["routing_decisions"].as_array().expect("routes");
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert_eq!((routes[0]["chosen"].as_str(), routes[0]["visit"].as_i64()), (Some("review"), Some(1)));
+    assert_eq!((routes[1]["chosen"].as_str(), routes[1]["visit"].as_i64()), (Some("publish"), Some(2)));
+    assert_eq!(routes[1]["candidate_count"], 2);
+    let review = &d["steps"][0];
+    assert_eq!(review["visit"], 2);
+    assert_eq!(review["visits"].as_array().map(Vec::len), Some(2));
+    assert_eq!(get(&s, "/api/runs/looped/steps/review/logs?visit=1").json()["text"], "visit 1\n");
+    assert_eq!(get(&s, "/api/runs/looped/steps/review/logs").json()["text"], "visit 2\n");
+    let page = get(&s, "/runs/looped").body;
+    assert!(page.contains("Routing decisions") && page.contains("review#2"), "routes on the page");
+
+    let c = get(&s, "/api/runs/called").json();
+    assert_eq!(c["status"], "failed");
+    assert_eq!(c["call_stack"].as_array().map(Vec::len), Some(1), "{c}");
+    assert_eq!(c["call_stack"][0]["caller_step"], "reset");
+    assert_eq!(c["call_stack"][0]["frame"], 1);
+    let ids: Vec<&str> =
+        c["steps"].as_array().into_iter().flatten().filter_map(|s| s["step_id"].as_str()).collect();
+    assert!(ids.contains(&"reset/wipe") && ids.contains(&"reset/check"), "{ids:?}");
+    // A sub-flow step's logs: its id as two path segments or with %2F.
+    assert_eq!(get(&s, "/api/runs/called/steps/reset/wipe/logs").json()["text"], "wiped\n");
+    assert_eq!(get(&s, "/api/runs/called/steps/reset%2Fwipe/logs").json()["text"], "wiped\n");
+    get(&s, "/api/runs/called/steps/reset/../wipe/logs").error(400);
+    let page = get(&s, "/runs/called").body;
+    assert!(page.contains("Call stack") && page.contains("frame 1"), "the stack on the page");
 }
