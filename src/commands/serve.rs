@@ -10,6 +10,9 @@ use crate::report::note;
 use crate::serve::{Options, ServeError, start};
 
 pub fn serve(g: &Global, args: ServeArgs) -> Result<ExitCode, Error> {
+    if args.heartbeat < std::time::Duration::from_millis(100) {
+        return Err(Error::Usage("--heartbeat must be at least 100ms".into()));
+    }
     let exe = std::env::current_exe().map_err(|source| Error::Io { path: "runner".into(), source })?;
     let opts = Options { addr: args.addr, token: args.token, heartbeat: args.heartbeat, runs: g.runs(), exe };
     let running = start(opts).map_err(|e| match e {

@@ -154,7 +154,18 @@ pub fn runs_page(ctx: &Ctx, mut q: Query) -> Result<Outcome, ApiError> {
     }
     let mut query =
         Query::parse(&params.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect::<Vec<_>>().join("&"))?;
-    let page_data = api::run_page(ctx, &mut query)?;
+    let page_data = match api::run_page(ctx, &mut query) {
+        Ok(d) => d,
+        Err(e) if !partial && e.status == 400 => {
+            let main = format!(
+                "<h1>Runs</h1><p role=\"alert\">{}</p><p><a href=\"/\">All runs</a></p>",
+                esc(&e.message)
+            );
+            let Outcome::Reply(r) = page("Runs", "data-page=\"error\"", &main) else { return Err(e) };
+            return Ok(Outcome::Reply(r.with_status_code(400)));
+        }
+        Err(e) => return Err(e),
+    };
     let qs = |extra: &[(&str, String)]| -> String {
         let mut all: Vec<(&str, String)> = params.iter().filter(|(k, _)| *k != "offset").cloned().collect();
         all.extend(extra.iter().cloned());

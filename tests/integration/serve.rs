@@ -410,6 +410,7 @@ fn a_token_from_the_environment_or_flag_and_no_open_network_without_one() {
     c.env("RUNNER_TOKEN", "");
     let out = c.output().expect("runs");
     assert_eq!(out.status.code(), Some(2), "an empty token is refused");
+    env.run(&["serve", "--addr", "127.0.0.1:0", "--heartbeat", "0s"]).code(2).stderr_has("--heartbeat");
 
     let id = paused_run(&env);
     let s = serve(&env, &["--token", "s3cret-t0ken"]);
@@ -549,6 +550,9 @@ fn pages_render_escape_and_survive_bad_input() {
     assert!(home.body.contains("badge s-waiting"));
     assert!(home.body.contains("aria-label=\"Filter runs\""));
     assert!(get(&s, "/?status=succeeded&partial=1").body.contains("No runs match"));
+    let bad = get(&s, "/?status=sleeping");
+    assert_eq!(bad.status, 400);
+    assert!(bad.header("content-type").starts_with("text/html") && bad.body.contains("unknown status"));
 
     let page = get(&s, &format!("/runs/{id}"));
     assert_eq!(page.status, 200);
