@@ -98,6 +98,8 @@ pub enum Command {
     /// Start runs of the flows in a directory at the times their `schedule` names (foreground,
     /// for a container or a systemd unit)
     Schedule(ScheduleArgs),
+    /// Serve a local dashboard, JSON API and live events over the runs (loopback by default)
+    Serve(ServeArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Print the manual page (roff), of runner or of one command
@@ -136,6 +138,20 @@ pub struct ScheduleArgs {
     /// Read schedules in UTC instead of the local time zone (TZ, /etc/localtime)
     #[arg(long)]
     pub utc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs --token
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8700")]
+    pub addr: std::net::SocketAddr,
+    /// Bearer token for approve, reject, cancel and resume (default: one is made up and
+    /// printed once at start)
+    #[arg(long, env = "RUNNER_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How often an idle event stream sends a heartbeat
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::flow::parse_duration_arg)]
+    pub heartbeat: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +447,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::RebuildProjection => commands::rebuild::rebuild(g),
         Command::Gc(args) => commands::gc::gc(g, args),
         Command::Schedule(args) => commands::schedule::schedule(g, args),
+        Command::Serve(args) => commands::serve::serve(g, args),
         Command::Completions(args) => commands::completions::completions(args),
         Command::Man(args) => commands::completions::man(args),
     }

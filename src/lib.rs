@@ -26,6 +26,7 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 pub mod secrets;
+pub mod serve;
 pub mod session;
 pub mod state;
 pub mod store;

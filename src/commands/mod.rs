@@ -12,6 +12,7 @@ pub mod reports;
 pub mod resume;
 pub mod run;
 pub mod schedule;
+pub mod serve;
 pub mod status;
 pub mod validate;
 pub mod verify;

@@ -20,6 +20,7 @@ mod reports;
 mod schedule;
 mod secrets;
 mod semantics;
+mod serve;
 mod services;
 mod slurm;
 mod supervision;

@@ -1,6 +1,6 @@
 //! `runner status`: the runs, or one run's steps, from the projection (caught up first).
 
-mod step;
+pub mod step;
 
 use rusqlite::{OptionalExtension, Row};
 use serde_json::json;
@@ -214,45 +214,15 @@ fn sql(p: &Projection) -> impl Fn(rusqlite::Error) -> Error + '_ {
 }
 
 fn run_list(g: &Global, runs: &RunsDir, p: &Projection, args: &StatusArgs) -> Result<ExitCode, Error> {
-    let holders = live_lock_holders();
-    let mut filters: Vec<String> = Vec::new();
-    let mut values: Vec<String> = Vec::new();
-    if args.waiting {
-        filters.push("steps_waiting > 0".into());
-    }
-    if let Some(flow) = &args.flow {
-        // A flow file names its flow by its stem, as runs record it.
-        let name = crate::store::flow_name_of(flow);
-        values.push(name);
-        filters.push(format!("flow = ?{}", values.len()));
-    }
-    if let Some(since) = args.since {
+    let since = args.since.map(|since| {
         let from = jiff::Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(since).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(jiff::Timestamp::MIN);
-        values.push(crate::journal::ts_of(from));
-        filters.push(format!("started_at >= ?{}", values.len()));
-    }
-    let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
-    let mut stmt = p
-        .connection()
-        .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY started_at, run_id"))
-        .map_err(sql(p))?;
-    let mut rows: Vec<RunRow> = stmt
-        .query_map(rusqlite::params_from_iter(values.iter()), RunRow::from_row)
-        .map_err(sql(p))?
-        .collect::<Result<_, _>>()
-        .map_err(sql(p))?;
-    for r in &mut rows {
-        r.live = is_locked(&runs.run_dir(&r.run_id), &holders);
-        if r.steps_waiting > 0 {
-            r.waiting = waiting_steps(p, &r.run_id)?;
-        }
-    }
-    // The shown status (crashed, paused) is worked out here, so it is filtered here.
-    if let Some(status) = &args.status {
-        rows.retain(|r| r.shown_status() == status);
-    }
+        crate::journal::ts_of(from)
+    });
+    let filter =
+        ListFilter { waiting: args.waiting, flow: args.flow.clone(), since, status: args.status.clone() };
+    let rows = list_rows(runs, p, &filter)?;
     if args.waiting && rows.is_empty() && !g.json {
         return print("no run waits for approval");
     }
@@ -283,6 +253,64 @@ fn run_list(g: &Global, runs: &RunsDir, p: &Projection, args: &StatusArgs) -> Re
         })
         .collect();
     print(&table(&["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "STEPS", "WAITING"], &cells))
+}
+
+/// Which runs a list shows (`status` and `serve`'s `/api/runs`).
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// Only runs with steps waiting for approval.
+    pub waiting: bool,
+    /// A flow name or file.
+    pub flow: Option<String>,
+    /// Started at or after this journal timestamp.
+    pub since: Option<String>,
+    /// The shown status (crashed, paused included).
+    pub status: Option<String>,
+}
+
+fn list_rows(runs: &RunsDir, p: &Projection, f: &ListFilter) -> Result<Vec<RunRow>, Error> {
+    let holders = live_lock_holders();
+    let mut filters: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    if f.waiting {
+        filters.push("steps_waiting > 0".into());
+    }
+    if let Some(flow) = &f.flow {
+        // A flow file names its flow by its stem, as runs record it.
+        let name = crate::store::flow_name_of(flow);
+        values.push(name);
+        filters.push(format!("flow = ?{}", values.len()));
+    }
+    if let Some(since) = &f.since {
+        values.push(since.clone());
+        filters.push(format!("started_at >= ?{}", values.len()));
+    }
+    let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+    let mut stmt = p
+        .connection()
+        .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY started_at, run_id"))
+        .map_err(sql(p))?;
+    let mut rows: Vec<RunRow> = stmt
+        .query_map(rusqlite::params_from_iter(values.iter()), RunRow::from_row)
+        .map_err(sql(p))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(p))?;
+    for r in &mut rows {
+        r.live = is_locked(&runs.run_dir(&r.run_id), &holders);
+        if r.steps_waiting > 0 {
+            r.waiting = waiting_steps(p, &r.run_id)?;
+        }
+    }
+    // The shown status (crashed, paused) is worked out here, so it is filtered here.
+    if let Some(status) = &f.status {
+        rows.retain(|r| r.shown_status() == status);
+    }
+    Ok(rows)
+}
+
+/// The runs a filter selects, oldest first, as `status --json` prints them.
+pub fn list_json(runs: &RunsDir, p: &Projection, f: &ListFilter) -> Result<Vec<serde_json::Value>, Error> {
+    Ok(list_rows(runs, p, f)?.iter().map(RunRow::to_json).collect())
 }
 
 /// The steps of run `id` that wait for approval.
@@ -384,7 +412,8 @@ impl RunView {
     }
 }
 
-fn run_json(runs: &RunsDir, p: &Projection, id: &str) -> Result<serde_json::Value, Error> {
+/// One run as `status --run-id ID --json` prints it.
+pub fn run_json(runs: &RunsDir, p: &Projection, id: &str) -> Result<serde_json::Value, Error> {
     Ok(RunView::load(runs, p, id)?.to_json())
 }
 
