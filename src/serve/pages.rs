@@ -534,7 +534,7 @@ fn run_body(d: &Value) -> String {
 
 fn step_details(o: &mut String, st: &Value, step: &str) {
     o.push_str("<table class=\"attempts cards\"><caption class=\"sr-only\">Attempts</caption><thead><tr><th scope=\"col\">Visit</th><th scope=\"col\">Attempt</th>\
-<th scope=\"col\">Status</th><th scope=\"col\">Exit</th><th scope=\"col\">Duration</th><th scope=\"col\">Started</th><th scope=\"col\">Detail</th><th scope=\"col\">Logs</th></tr></thead><tbody>");
+<th scope=\"col\">Status</th><th scope=\"col\">Exit</th><th scope=\"col\">Duration</th><th scope=\"col\">Started</th><th scope=\"col\">Where</th><th scope=\"col\">Detail</th><th scope=\"col\">Logs</th></tr></thead><tbody>");
     let mut any = false;
     for v in st["visits"].as_array().into_iter().flatten() {
         for a in v["attempts"].as_array().into_iter().flatten() {
@@ -543,13 +543,14 @@ fn step_details(o: &mut String, st: &Value, step: &str) {
             let _ = write!(
                 o,
                 "<tr><td data-label=\"Visit\">{visit}</td><td data-label=\"Attempt\">{attempt}</td><td data-label=\"Status\">{}</td>\
-<td data-label=\"Exit\">{}</td><td data-label=\"Duration\">{}</td><td data-label=\"Started\">{}</td><td data-label=\"Detail\">{}</td>\
+<td data-label=\"Exit\">{}</td><td data-label=\"Duration\">{}</td><td data-label=\"Started\">{}</td><td data-label=\"Where\">{}</td><td data-label=\"Detail\">{}</td>\
 <td data-label=\"Logs\"><button type=\"button\" class=\"link\" data-logs=\"{}\" data-visit=\"{visit}\" data-attempt=\"{attempt}\" \
 aria-label=\"Show logs of {} attempt {attempt}\">Logs</button></td></tr>",
                 badge(s(a, "status")),
                 a["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_default(),
                 a["duration_ms"].as_u64().map(human_ms).unwrap_or_default(),
                 esc(&a["started_at"].as_str().map(local_time).unwrap_or_default()),
+                esc(&crate::commands::status::step::job_where(a)),
                 esc(a["message"].as_str().unwrap_or_default()),
                 esc(step),
                 esc(&visit_label(step, visit as u32)),
@@ -557,7 +558,7 @@ aria-label=\"Show logs of {} attempt {attempt}\">Logs</button></td></tr>",
         }
     }
     if !any {
-        o.push_str("<tr><td colspan=\"8\" class=\"muted\">Not run yet</td></tr>");
+        o.push_str("<tr><td colspan=\"9\" class=\"muted\">Not run yet</td></tr>");
     }
     o.push_str("</tbody></table>");
     let outputs = st["outputs"].as_array().cloned().unwrap_or_default();
